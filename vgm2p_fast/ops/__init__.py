@@ -1,0 +1,29 @@
+"""Public ops. Each has a pure-torch ``<op>_ref`` beside it (the oracle for tests) and picks a
+backend per call (see ``vgm2p_fast._backend``)."""
+
+from . import cfg_sample as _cfg_sample
+from . import gae as _gae
+from . import linear_jvp as _linear_jvp
+from . import meanflow_target_loss as _meanflow_target_loss
+from .cfg_sample import cfg_sample, cfg_sample_ref
+from .gae import gae, gae_ref
+from .linear_jvp import linear_jvp, linear_jvp_ref
+from .meanflow_target_loss import meanflow_target_loss, meanflow_target_loss_ref
+
+# op name -> backends it implements (vgm2p info prints what auto picks from these)
+REGISTRY = {
+    m.__name__.rsplit(".", 1)[1]: m.IMPLEMENTED
+    for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _gae)
+}
+
+__all__ = [
+    "REGISTRY",
+    "cfg_sample",
+    "cfg_sample_ref",
+    "gae",
+    "gae_ref",
+    "linear_jvp",
+    "linear_jvp_ref",
+    "meanflow_target_loss",
+    "meanflow_target_loss_ref",
+]

@@ -1,0 +1,451 @@
+"""``MeanFlowPolicy``: the decentralised one-step MeanFlow actor of VGM²P (DESIGN 1.2 and 4).
+
+Per agent ``i`` an average-velocity network ``u(z, r, t | o^i, id_i, c)`` is an MLP over
+
+    [ z (D) | emb(t) (E) | emb(t - r) (E) | o^i (obs_dim) | one-hot id (N, shared only) | c (C) ]
+
+with sinusoidal time embeddings and a learned condition embedding whose last row is the null
+token of classifier-free guidance. Parameters are shared across agents (the one-hot id tells them
+apart) or separate per agent (weights ``(N, out, in)``, evaluated with one batched matmul).
+
+Training (``meanflow_loss``): ``z_t = (1 - t) x + t e``, ``v = e - x``, the CFG-guided velocity
+``v_g = omega v + kappa u(z_t, t, t | c) + (1 - omega - kappa) u(z_t, t, t | null)`` and the JVP
+target ``u_tgt = v_g - clip(t - r, 0, 1) (v_g . d_z u + d_t u)``. Execution: ``x = e - u(e, 0, 1 |
+o, id, c*)``: one network evaluation per agent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _backend
+from ._checks import FLOAT_DTYPES, check_avail, check_tensor
+from .ops.cfg_sample import IMPLEMENTED as _CFG_BACKENDS
+from .ops.cfg_sample import cfg_sample_ref
+from .ops.linear_jvp import ACTIVATIONS, linear_jvp_ref
+from .ops.linear_jvp import IMPLEMENTED as _LAYER_BACKENDS
+from .ops.meanflow_target_loss import IMPLEMENTED as _LOSS_BACKENDS
+from .ops.meanflow_target_loss import meanflow_target_loss_ref
+
+JVP_BACKENDS = ("auto", "torch", "triton", "func")
+
+
+class MeanFlowPolicy(nn.Module):
+    """Average-velocity MeanFlow policy for ``n_agents`` agents with one-step sampling.
+
+    Args:
+        obs_dim: per-agent observation size (pad agents to the largest one).
+        action_dim: continuous action size ``D``, or the number of discrete actions ``K``.
+        n_agents: ``N``.
+        discrete: discrete actions (generated as a {-1, +1}-scaled one-hot, decoded by masked
+            argmax) instead of continuous ones in ``[-1, 1]^D``.
+        hidden_dims: MLP hidden sizes (default 4 x 256).
+        activation: ``silu`` (default), ``relu``, ``gelu_tanh``.
+        share_parameters: one network for all agents with a one-hot agent id (default), or
+            separate per-agent weights.
+        n_tokens: number of condition tokens (2: binary advantageous or not; K: quantile bins).
+            Token ``n_tokens - 1`` is the advantageous one used at execution; ``n_tokens`` is null.
+        time_dim: size of each sinusoidal time embedding (even).
+        cond_dim: size of the condition embedding.
+        max_freq: highest angular frequency of the time embedding; frequencies are geometric in
+            ``[1, max_freq]``. d emb / dt scales with it, so it bounds the JVP tangent's size.
+        action_low, action_high: (D,) environment bounds the continuous actions are rescaled to.
+        omega, kappa: CFG-in-the-target coefficients (effective guidance omega / (1 - kappa)).
+        cond_dropout: probability that a training row's condition is replaced by null.
+        ratio_r_neq_t: fraction of training rows with r < t (the rest use r = t).
+        time_mu, time_sigma: logit-normal parameters of the (t, r) sampler.
+        norm_p, norm_eps: adaptive loss weight ``1 / (L + eps)^p``.
+        backend: backend of the fused ops (``auto``, ``torch``, ``triton``), or ``func`` to
+            compute the JVP with ``torch.func.jvp`` (the reference, as public MeanFlow ports do).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        n_agents: int,
+        discrete: bool = False,
+        *,
+        hidden_dims: Sequence[int] = (256, 256, 256, 256),
+        activation: str = "silu",
+        share_parameters: bool = True,
+        n_tokens: int = 2,
+        time_dim: int = 32,
+        cond_dim: int = 32,
+        max_freq: float = 100.0,
+        action_low: Sequence[float] | torch.Tensor | None = None,
+        action_high: Sequence[float] | torch.Tensor | None = None,
+        omega: float = 1.0,
+        kappa: float = 0.5,
+        cond_dropout: float = 0.1,
+        ratio_r_neq_t: float = 0.25,
+        time_mu: float = -0.4,
+        time_sigma: float = 1.0,
+        norm_p: float = 1.0,
+        norm_eps: float = 0.01,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, val in (("obs_dim", obs_dim), ("action_dim", action_dim),
+                          ("n_agents", n_agents), ("n_tokens", n_tokens), ("cond_dim", cond_dim)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name}: expected a positive int, found {val!r}")
+        if discrete and action_dim < 2:
+            raise ValueError(f"action_dim: expected >= 2 discrete actions, found {action_dim}")
+        if time_dim < 2 or time_dim % 2:
+            raise ValueError(f"time_dim: expected an even int >= 2, found {time_dim}")
+        if activation not in ACTIVATIONS or activation == "identity":
+            raise ValueError(f"activation: expected one of {ACTIVATIONS[:-1]}, "
+                             f"found {activation!r}")
+        if not hidden_dims or any(int(h) < 1 for h in hidden_dims):
+            raise ValueError(f"hidden_dims: expected positive sizes, found {tuple(hidden_dims)}")
+        if not 0.0 <= cond_dropout < 1.0 or not 0.0 <= ratio_r_neq_t <= 1.0:
+            raise ValueError(f"cond_dropout in [0, 1) and ratio_r_neq_t in [0, 1] expected, "
+                             f"found {cond_dropout}, {ratio_r_neq_t}")
+        if backend not in JVP_BACKENDS:
+            raise ValueError(f"backend: expected one of {JVP_BACKENDS}, found {backend!r}")
+        self.obs_dim, self.action_dim, self.n_agents = obs_dim, action_dim, n_agents
+        self.discrete, self.share_parameters = discrete, share_parameters
+        self.activation, self.n_tokens, self.time_dim = activation, n_tokens, time_dim
+        self.omega, self.kappa, self.cond_dropout = float(omega), float(kappa), float(cond_dropout)
+        self.ratio_r_neq_t, self.time_mu, self.time_sigma = ratio_r_neq_t, time_mu, time_sigma
+        self.norm_p, self.norm_eps, self.backend = norm_p, norm_eps, backend
+        # Everything save()/load() needs to rebuild the module (weights go in the state dict).
+        self.config = {
+            "obs_dim": obs_dim, "action_dim": action_dim, "n_agents": n_agents,
+            "discrete": discrete, "hidden_dims": [int(h) for h in hidden_dims],
+            "activation": activation, "share_parameters": share_parameters,
+            "n_tokens": n_tokens, "time_dim": time_dim, "cond_dim": cond_dim,
+            "max_freq": max_freq, "omega": omega, "kappa": kappa, "cond_dropout": cond_dropout,
+            "ratio_r_neq_t": ratio_r_neq_t, "time_mu": time_mu, "time_sigma": time_sigma,
+            "norm_p": norm_p, "norm_eps": norm_eps, "backend": backend,
+        }
+
+        half = time_dim // 2
+        self.register_buffer("freqs", torch.logspace(0.0, math.log10(max_freq), half))
+        low, high = self._bounds(action_low, action_high, action_dim, discrete)
+        self.register_buffer("action_low", low)
+        self.register_buffer("action_high", high)
+        self.cond_embed = nn.Embedding(n_tokens + 1, cond_dim)
+        nn.init.normal_(self.cond_embed.weight, std=1.0)
+
+        # The first `tangent_dim` input columns (z and both time embeddings) carry the tangent.
+        self.tangent_dim = action_dim + 2 * time_dim
+        in_dim = self.tangent_dim + obs_dim + cond_dim + (n_agents if share_parameters else 0)
+        sizes = [in_dim, *[int(h) for h in hidden_dims], action_dim]
+        group = () if share_parameters else (n_agents,)
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+            w = torch.empty(*group, fan_out, fan_in).uniform_(-bound, bound)
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.empty(*group, fan_out).uniform_(-bound, bound)))
+        self.register_buffer("agent_ids", torch.eye(n_agents))
+
+    @staticmethod
+    def _bounds(low, high, dim, discrete) -> tuple[torch.Tensor, torch.Tensor]:
+        if discrete:
+            if low is not None or high is not None:
+                raise ValueError("action_low/action_high: expected None for discrete actions")
+            return torch.empty(0), torch.empty(0)
+        low_t = -torch.ones(dim) if low is None else torch.as_tensor(low, dtype=torch.float32)
+        high_t = torch.ones(dim) if high is None else torch.as_tensor(high, dtype=torch.float32)
+        for name, b in (("action_low", low_t), ("action_high", high_t)):
+            if b.shape != (dim,) or not torch.isfinite(b).all():
+                raise ValueError(f"{name}: expected {dim} finite values, found {b.tolist()}")
+        if not (low_t < high_t).all():
+            raise ValueError(f"action_low < action_high expected, found {low_t.tolist()} and "
+                             f"{high_t.tolist()}")
+        return low_t, high_t
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def null_token(self) -> int:
+        """Token id of the unconditional (CFG null) input."""
+        return self.n_tokens
+
+    @property
+    def exec_token(self) -> int:
+        """Token used at execution: the most advantageous one."""
+        return self.n_tokens - 1
+
+    # ------------------------------------------------------------------ input checks
+    def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        dev = self.freqs.device
+        return check_tensor("obs", obs, shape=(None, self.n_agents, self.obs_dim),
+                            dtypes=FLOAT_DTYPES, device=dev)
+
+    def _check_times(self, name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
+        check_tensor(name, x, dtypes=FLOAT_DTYPES, device=self.freqs.device)
+        if tuple(x.shape) == (batch,):
+            return x.unsqueeze(1).expand(batch, self.n_agents)
+        if tuple(x.shape) != (batch, self.n_agents):
+            raise ValueError(f"{name}: expected shape ({batch},) or ({batch}, {self.n_agents}), "
+                             f"found {tuple(x.shape)}")
+        return x
+
+    def _check_cond(self, cond: torch.Tensor, batch: int) -> torch.Tensor:
+        check_tensor("cond", cond, dtypes=(torch.int64, torch.int32), device=self.freqs.device)
+        if tuple(cond.shape) not in ((batch,), (batch, self.n_agents)):
+            raise ValueError(f"cond: expected shape ({batch},) or ({batch}, {self.n_agents}), "
+                             f"found {tuple(cond.shape)}")
+        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) > self.null_token):
+            raise ValueError(f"cond: expected token ids in [0, {self.null_token}] "
+                             f"({self.null_token} = null), found values in "
+                             f"[{int(cond.min())}, {int(cond.max())}]")
+        return cond
+
+    def _check_velocity_inputs(self, z, r, t, obs, cond):
+        obs = self._check_obs(obs)
+        batch = obs.shape[0]
+        check_tensor("z", z, shape=(batch, self.n_agents, self.action_dim),
+                     dtypes=(obs.dtype,), device=obs.device)
+        return (z, self._check_times("r", r, batch), self._check_times("t", t, batch), obs,
+                self._check_cond(cond, batch))
+
+    # ------------------------------------------------------------------ network
+    def _time_embed(self, x: torch.Tensor, tangent: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """emb(x) = [sin(f x), cos(f x)] and, if asked, d emb / dx = [f cos(f x), -f sin(f x)]."""
+        arg = x.unsqueeze(-1) * self.freqs.to(x.dtype)
+        sin, cos = torch.sin(arg), torch.cos(arg)
+        emb = torch.cat([sin, cos], dim=-1)
+        if not tangent:
+            return emb, None
+        f = self.freqs.to(x.dtype)
+        return emb, torch.cat([f * cos, -f * sin], dim=-1)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, N, F] -> the matmul layout: (B*N, F) shared, (N, B, F) per agent."""
+        return x.reshape(-1, x.shape[-1]) if self.share_parameters else x.transpose(0, 1)
+
+    def _run(self, z, r, t, obs, cond, v=None, backend: str | None = None):
+        """The MLP on [B, N, *] inputs; returns u [B, N, D] and, when v is given, du/dt."""
+        batch = obs.shape[0]
+        want_tangent = v is not None
+        emb_t, demb_t = self._time_embed(t, want_tangent)
+        emb_h, demb_h = self._time_embed(t - r, want_tangent)
+        c = self.cond_embed(cond.long())
+        if c.dim() == 2:
+            c = c.unsqueeze(1).expand(batch, self.n_agents, c.shape[-1])
+        parts = [z, emb_t, emb_h, obs]
+        if self.share_parameters:
+            parts.append(self.agent_ids.to(obs.dtype).expand(batch, -1, -1))
+        parts.append(c.to(obs.dtype))
+        x = self._layout(torch.cat(parts, dim=-1))
+        dx = self._layout(torch.cat([v, demb_t, demb_h], dim=-1)) if want_tangent else None
+
+        dev = obs.device
+        layer = _backend.implementation("linear_jvp", _LAYER_BACKENDS, dev,
+                                        backend or self._op_backend(), linear_jvp_ref)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x, dx = layer(x, w, b, dx, "identity" if i == last else self.activation)
+        return self._unlayout(x, batch), (self._unlayout(dx, batch) if want_tangent else None)
+
+    def _unlayout(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        if self.share_parameters:
+            return y.reshape(batch, self.n_agents, -1)
+        return y.transpose(0, 1)
+
+    def _op_backend(self) -> str | None:
+        return None if self.backend in ("auto", "func") else self.backend
+
+    # ------------------------------------------------------------------ public API
+    def average_velocity(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
+                         obs: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """u(z, r, t | obs, id, cond).
+
+        Args:
+            z: [B, N, D] noisy actions; r, t: [B, N] or [B] times (r <= t);
+            obs: [B, N, obs_dim]; cond: [B] or [B, N] token ids (``null_token`` = unconditional).
+
+        Returns:
+            u: [B, N, D].
+        """
+        z, r, t, obs, cond = self._check_velocity_inputs(z, r, t, obs, cond)
+        return self._run(z, r, t, obs, cond)[0]
+
+    def average_velocity_jvp(self, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
+                             obs: torch.Tensor, cond: torch.Tensor, v: torch.Tensor,
+                             backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u and its total derivative du/dt = v . d_z u + d_t u (tangents (v, 1) on (z, t)).
+
+        The fast path propagates primal and tangent layer by layer (``ops.linear_jvp``); the
+        tangent never enters autograd, ``u`` does. ``backend="func"`` uses ``torch.func.jvp``
+        of :meth:`average_velocity` instead (the reference).
+
+        Args: as :meth:`average_velocity`, plus ``v``: [B, N, D] tangent of ``z``.
+        Returns: ``u`` [B, N, D] (with autograd) and ``dudt`` [B, N, D] (detached).
+        """
+        z, r, t, obs, cond = self._check_velocity_inputs(z, r, t, obs, cond)
+        check_tensor("v", v, shape=tuple(z.shape), dtypes=(z.dtype,), device=z.device)
+        backend = backend or self.backend
+        if backend not in JVP_BACKENDS:
+            raise ValueError(f"backend: expected one of {JVP_BACKENDS}, found {backend!r}")
+        if backend == "func":
+            def fn(z_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+                return self._run(z_, r, t_, obs, cond, backend="torch")[0]
+
+            u, dudt = torch.func.jvp(fn, (z, t), (v, torch.ones_like(t)))
+            return u, dudt.detach()
+        return self._run(z, r, t, obs, cond, v, None if backend == "auto" else backend)
+
+    def sample_times(self, shape: Sequence[int], *, device: torch.device | None = None,
+                     generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, t) with r <= t, both logit-normal(time_mu, time_sigma); r = t for a fraction
+        ``1 - ratio_r_neq_t`` of the entries."""
+        device = device or self.freqs.device
+        normal = torch.randn((2, *shape), device=device, generator=generator)
+        s = torch.sigmoid(normal * self.time_sigma + self.time_mu)
+        t, r = s.max(0).values, s.min(0).values
+        keep = torch.rand(tuple(shape), device=device, generator=generator) < self.ratio_r_neq_t
+        return torch.where(keep, r, t), t
+
+    def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Dataset actions -> generated vector x: continuous as is, discrete as 2 one-hot - 1."""
+        if self.discrete:
+            return F.one_hot(actions.long(), self.action_dim).to(self.freqs.dtype) * 2.0 - 1.0
+        return actions
+
+    def meanflow_loss(self, obs: torch.Tensor, actions: torch.Tensor, cond: torch.Tensor, *,
+                      generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        """CFG-guided MeanFlow loss (DESIGN 1.2), averaged over rows and agents.
+
+        Args:
+            obs: [B, N, obs_dim]; actions: [B, N, D] in [-1, 1] (continuous) or [B, N] int
+            (discrete); cond: [B] or [B, N] condition tokens of the transitions.
+            generator: optional RNG for noise, times and condition dropout.
+
+        Returns:
+            The scalar loss (with autograd) and an info dict: ``loss``, ``mse`` (unweighted
+            squared error ``sum_d (u - u_tgt)^2``, mean over rows) and ``dropped`` (fraction of
+            rows trained unconditionally).
+        """
+        obs = self._check_obs(obs)
+        batch, n = obs.shape[:2]
+        if self.discrete:
+            check_tensor("actions", actions, shape=(batch, n), dtypes=(torch.int64, torch.int32),
+                         device=obs.device)
+            lo, hi = (int(actions.min()), int(actions.max())) if actions.numel() else (0, 0)
+            if lo < 0 or hi >= self.action_dim:
+                raise ValueError(f"actions: expected ids in [0, {self.action_dim - 1}], found "
+                                 f"[{lo}, {hi}]")
+        else:
+            check_tensor("actions", actions, shape=(batch, n, self.action_dim),
+                         dtypes=(obs.dtype,), device=obs.device)
+        cond = self._check_cond(cond, batch)
+        if int(cond.max()) >= self.null_token:
+            raise ValueError(f"cond: expected dataset tokens in [0, {self.n_tokens - 1}], found "
+                             f"the null token {self.null_token}")
+        dev, dtype = obs.device, obs.dtype
+        x = self.encode_actions(actions).to(dtype)
+        e = torch.randn(x.shape, device=dev, dtype=dtype, generator=generator)
+        r, t = self.sample_times((batch, n), device=dev, generator=generator)
+        r, t = r.to(dtype), t.to(dtype)
+        z = torch.lerp(x, e, t.unsqueeze(-1))  # (1 - t) x + t e
+        v = e - x
+        dropped = torch.rand(cond.shape[:1], device=dev, generator=generator) < self.cond_dropout
+        drop_b = dropped.view(-1, *([1] * (cond.dim() - 1)))
+        cond_in = torch.where(drop_b, torch.full_like(cond, self.null_token), cond)
+        v_g = self._guided_velocity(z, t, obs, cond, v, dropped)
+        u, dudt = self.average_velocity_jvp(z, r, t, obs, cond_in, v_g)
+        loss_fn = _backend.implementation("meanflow_target_loss", _LOSS_BACKENDS, dev,
+                                          self._op_backend(), meanflow_target_loss_ref)
+        rows, raw = loss_fn(u, dudt, v_g, t, r, self.norm_p, self.norm_eps)
+        loss = rows.mean()
+        info = {"loss": float(loss.detach()), "mse": float(raw.mean()),
+                "dropped": float(dropped.float().mean())}
+        return loss, info
+
+    @torch.no_grad()
+    def _guided_velocity(self, z, t, obs, cond, v, dropped) -> torch.Tensor:
+        """v_g = omega v + kappa u(z, t, t | c) + (1 - omega - kappa) u(z, t, t | null);
+        rows whose condition was dropped keep v_g = v. Both network terms in one stacked pass."""
+        w_null = 1.0 - self.omega - self.kappa
+        terms = [(self.kappa, cond), (w_null, torch.full_like(cond, self.null_token))]
+        terms = [(k, c) for k, c in terms if k != 0.0]
+        if not terms:
+            return v
+        m = len(terms)
+        rep = lambda a: a.repeat(m, *([1] * (a.dim() - 1)))  # noqa: E731
+        u = self._run(rep(z), rep(t), rep(t), rep(obs), torch.cat([c for _, c in terms]))[0]
+        v_g = self.omega * v
+        for (k, _), u_k in zip(terms, u.chunk(m)):
+            v_g.add_(u_k, alpha=k)
+        mask = dropped.view(-1, *([1] * (v.dim() - 1)))
+        return torch.where(mask, v, v_g)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None, *,
+            cond: torch.Tensor | int | None = None, guidance: float = 1.0, n_steps: int = 1,
+            noise: torch.Tensor | None = None, generator: torch.Generator | None = None
+            ) -> torch.Tensor:
+        """Sample actions with ``n_steps`` network evaluations (1 by default).
+
+        Args:
+            obs: [B, N, obs_dim].
+            avail_actions: [B, N, K] bool (discrete only); unavailable actions are never chosen.
+            cond: token id(s) to condition on, [B] or int; default the advantageous token.
+            guidance: test-time guidance w: u = u_null + w (u_c - u_null) (1 = off; otherwise
+                the cond and null passes run stacked as one batch).
+            n_steps: sampling steps (> 1 only for ablations).
+            noise: [B, N, D] initial noise e, or None to draw it (from ``generator``).
+
+        Returns:
+            continuous: [B, N, D] actions rescaled to [action_low, action_high];
+            discrete: [B, N] int64 action ids.
+        """
+        obs = self._check_obs(obs)
+        batch, dev, dtype = obs.shape[0], obs.device, obs.dtype
+        shape = (batch, self.n_agents, self.action_dim)
+        if self.discrete and avail_actions is not None:
+            check_tensor("avail_actions", avail_actions, shape=shape, dtypes=(torch.bool,),
+                         device=dev)
+            check_avail(avail_actions)
+        elif avail_actions is not None:
+            raise ValueError("avail_actions: expected None for continuous actions, found a mask")
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
+        if cond is None or isinstance(cond, int):
+            token = self.exec_token if cond is None else cond
+            cond = torch.full((batch,), token, dtype=torch.long, device=dev)
+        cond = self._check_cond(cond, batch)
+        if noise is None:
+            z = torch.randn(shape, device=dev, dtype=dtype, generator=generator)
+        else:
+            z = check_tensor("noise", noise, shape=shape, dtypes=(dtype,), device=dev)
+        guided = guidance != 1.0
+        if guided:  # one stacked pass: [cond rows; null rows]
+            obs = torch.cat([obs, obs])
+            cond = torch.cat([cond, torch.full_like(cond, self.null_token)])
+        def velocities(t_val: float, r_val: float):
+            zz = torch.cat([z, z]) if guided else z
+            t = torch.full(zz.shape[:2], t_val, device=dev, dtype=dtype)
+            r = torch.full(zz.shape[:2], r_val, device=dev, dtype=dtype)
+            u = self._run(zz, r, t, obs, cond)[0]
+            return u.chunk(2) if guided else (u, None)
+
+        step = 1.0 / n_steps
+        for k in range(n_steps - 1):  # Euler steps on the average velocity, t = 1 -> 1/n
+            u_c, u_null = velocities(1.0 - k * step, 1.0 - (k + 1) * step)
+            z = z - step * (u_c if u_null is None else torch.lerp(u_null, u_c, guidance))
+        u_c, u_null = velocities(step, 0.0)
+        low, high = (None, None) if self.discrete else (self.action_low.to(dtype),
+                                                        self.action_high.to(dtype))
+        sample = _backend.implementation("cfg_sample", _CFG_BACKENDS, dev, self._op_backend(),
+                                         cfg_sample_ref)
+        return sample(z, u_c, u_null, guidance, step, low, high, avail_actions, self.discrete)
+
+    def forward(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None) -> torch.Tensor:
+        """One-step actions under the advantageous condition: see :meth:`act`."""
+        return self.act(obs, avail_actions)
