@@ -1,0 +1,36 @@
+"""Shared test setup.
+
+``TRITON_INTERPRET=1`` must be in the environment before triton is first imported, or the
+Triton kernels cannot run on this project's CPU-only machines at all: set here, before any test
+module imports triton (``import torch`` does not import it), and only without a CUDA device, so
+that a GPU machine runs the same tests on the real kernels. It changes no other test's backend:
+``auto`` never picks the interpreter on CPU (``vgm2p_fast._backend.resolve``); only tests that
+force ``backend="triton"`` run it. ``TRITON_DEFAULT_FP_FUSION`` is pinned for the same reason the
+kernels pin it (triton 3.9 warns that its default changes in 3.10).
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+
+@pytest.fixture
+def close_to_oracle():
+    """``check(out, ref, oracle, what)``: ``out`` is within the error the torch reference ``ref``
+    itself makes against a float64 ``oracle`` (times 2, plus 2 ulps of the output dtype at the
+    oracle's scale): the low-precision tolerance is derived from the reference, not guessed."""
+
+    def check(out: torch.Tensor, ref: torch.Tensor, oracle: torch.Tensor, what: str) -> None:
+        oracle = oracle.double()
+        ref_err = (ref.double() - oracle).abs().max().item() if ref.numel() else 0.0
+        scale = oracle.abs().max().item() if oracle.numel() else 0.0
+        tol = 2.0 * ref_err + 2.0 * torch.finfo(out.dtype).eps * max(scale, 1.0)
+        err = (out.double() - oracle).abs().max().item() if out.numel() else 0.0
+        assert err <= tol, f"{what}: error {err:.3g} > {tol:.3g} (the reference's: {ref_err:.3g})"
+
+    return check
