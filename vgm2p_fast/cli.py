@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from . import __version__, _backend
+from .datasets import add_cli as add_data_cli
 from .ops import REGISTRY
 
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, extension/Triton availability, backends per op")
     p.set_defaults(func=cmd_info)
+    add_data_cli(sub)
     return parser
 
 
