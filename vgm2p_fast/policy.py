@@ -178,12 +178,12 @@ class MeanFlowPolicy(nn.Module):
 
     # ------------------------------------------------------------------ input checks
     def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        dev = self.freqs.device
+        w = self.weights[0]  # inputs must match the parameters' dtype and device
         return check_tensor("obs", obs, shape=(None, self.n_agents, self.obs_dim),
-                            dtypes=FLOAT_DTYPES, device=dev)
+                            dtypes=(w.dtype,), device=w.device)
 
     def _check_times(self, name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
-        check_tensor(name, x, dtypes=FLOAT_DTYPES, device=self.freqs.device)
+        check_tensor(name, x, dtypes=FLOAT_DTYPES, device=self.weights[0].device)
         if tuple(x.shape) == (batch,):
             return x.unsqueeze(1).expand(batch, self.n_agents)
         if tuple(x.shape) != (batch, self.n_agents):
@@ -192,7 +192,7 @@ class MeanFlowPolicy(nn.Module):
         return x
 
     def _check_cond(self, cond: torch.Tensor, batch: int) -> torch.Tensor:
-        check_tensor("cond", cond, dtypes=(torch.int64, torch.int32), device=self.freqs.device)
+        check_tensor("cond", cond, dtypes=(torch.int64, torch.int32), device=self.weights[0].device)
         if tuple(cond.shape) not in ((batch,), (batch, self.n_agents)):
             raise ValueError(f"cond: expected shape ({batch},) or ({batch}, {self.n_agents}), "
                              f"found {tuple(cond.shape)}")
@@ -291,12 +291,16 @@ class MeanFlowPolicy(nn.Module):
         if backend not in JVP_BACKENDS:
             raise ValueError(f"backend: expected one of {JVP_BACKENDS}, found {backend!r}")
         if backend == "func":
-            def fn(z_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-                return self._run(z_, r, t_, obs, cond, backend="torch")[0]
-
-            u, dudt = torch.func.jvp(fn, (z, t), (v, torch.ones_like(t)))
-            return u, dudt.detach()
+            return self._func_jvp(z, r, t, obs, cond, v)
         return self._run(z, r, t, obs, cond, v, None if backend == "auto" else backend)
+
+    def _func_jvp(self, z, r, t, obs, cond, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference: ``torch.func.jvp`` of the network in (z, t) with tangents (v, 1)."""
+        def fn(z_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+            return self._run(z_, r, t_, obs, cond, backend="torch")[0]
+
+        u, dudt = torch.func.jvp(fn, (z, t), (v, torch.ones_like(t)))
+        return u, dudt.detach()
 
     def sample_times(self, shape: Sequence[int], *, device: torch.device | None = None,
                      generator: torch.Generator | None = None
@@ -313,24 +317,12 @@ class MeanFlowPolicy(nn.Module):
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Dataset actions -> generated vector x: continuous as is, discrete as 2 one-hot - 1."""
         if self.discrete:
-            return F.one_hot(actions.long(), self.action_dim).to(self.freqs.dtype) * 2.0 - 1.0
+            return F.one_hot(actions.long(), self.action_dim).to(self.weights[0].dtype) * 2 - 1
         return actions
 
-    def meanflow_loss(self, obs: torch.Tensor, actions: torch.Tensor, cond: torch.Tensor, *,
-                      generator: torch.Generator | None = None
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
-        """CFG-guided MeanFlow loss (DESIGN 1.2), averaged over rows and agents.
-
-        Args:
-            obs: [B, N, obs_dim]; actions: [B, N, D] in [-1, 1] (continuous) or [B, N] int
-            (discrete); cond: [B] or [B, N] condition tokens of the transitions.
-            generator: optional RNG for noise, times and condition dropout.
-
-        Returns:
-            The scalar loss (with autograd) and an info dict: ``loss``, ``mse`` (unweighted
-            squared error ``sum_d (u - u_tgt)^2``, mean over rows) and ``dropped`` (fraction of
-            rows trained unconditionally).
-        """
+    def _check_batch(self, obs: torch.Tensor, actions: torch.Tensor, cond: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validate a training batch; returns obs, the encoded actions x and the tokens."""
         obs = self._check_obs(obs)
         batch, n = obs.shape[:2]
         if self.discrete:
@@ -343,29 +335,76 @@ class MeanFlowPolicy(nn.Module):
         else:
             check_tensor("actions", actions, shape=(batch, n, self.action_dim),
                          dtypes=(obs.dtype,), device=obs.device)
+        if cond is None:
+            cond = torch.full((batch,), self.null_token, dtype=torch.long, device=obs.device)
+            return obs, self.encode_actions(actions).to(obs.dtype), cond
         cond = self._check_cond(cond, batch)
         if int(cond.max()) >= self.null_token:
             raise ValueError(f"cond: expected dataset tokens in [0, {self.n_tokens - 1}], found "
                              f"the null token {self.null_token}")
+        return obs, self.encode_actions(actions).to(obs.dtype), cond
+
+    def meanflow_loss(self, obs: torch.Tensor, actions: torch.Tensor,
+                      cond: torch.Tensor | None, *, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CFG-guided MeanFlow loss (DESIGN 1.2), averaged over rows and agents.
+
+        Args:
+            obs: [B, N, obs_dim]; actions: [B, N, D] in [-1, 1] (continuous) or [B, N] int
+            (discrete); cond: [B] or [B, N] condition tokens of the transitions, or None for
+            plain (unconditional, unguided) MeanFlow behaviour cloning.
+            generator: optional RNG for noise, times and condition dropout.
+
+        Returns:
+            The scalar loss (with autograd) and an info dict of detached scalar tensors (no
+            device sync): ``loss``, ``mse`` (unweighted ``sum_d (u - u_tgt)^2``, mean over rows)
+            and ``dropped`` (fraction of rows trained with the null token).
+        """
+        unconditional = cond is None
+        obs, x, cond = self._check_batch(obs, actions, cond)
+        batch, n = obs.shape[:2]
         dev, dtype = obs.device, obs.dtype
-        x = self.encode_actions(actions).to(dtype)
         e = torch.randn(x.shape, device=dev, dtype=dtype, generator=generator)
         r, t = self.sample_times((batch, n), device=dev, generator=generator)
         r, t = r.to(dtype), t.to(dtype)
         z = torch.lerp(x, e, t.unsqueeze(-1))  # (1 - t) x + t e
         v = e - x
-        dropped = torch.rand(cond.shape[:1], device=dev, generator=generator) < self.cond_dropout
-        drop_b = dropped.view(-1, *([1] * (cond.dim() - 1)))
-        cond_in = torch.where(drop_b, torch.full_like(cond, self.null_token), cond)
-        v_g = self._guided_velocity(z, t, obs, cond, v, dropped)
-        u, dudt = self.average_velocity_jvp(z, r, t, obs, cond_in, v_g)
+        if unconditional:
+            dropped = torch.ones(batch, dtype=torch.bool, device=dev)
+            v_g, cond_in = v, cond
+        else:
+            dropped = torch.rand(batch, device=dev, generator=generator) < self.cond_dropout
+            drop_b = dropped.view(-1, *([1] * (cond.dim() - 1)))
+            cond_in = torch.where(drop_b, torch.full_like(cond, self.null_token), cond)
+            v_g = self._guided_velocity(z, t, obs, cond, v, dropped)
+        if self.backend == "func":
+            u, dudt = self._func_jvp(z, r, t, obs, cond_in, v_g)
+        else:
+            u, dudt = self._run(z, r, t, obs, cond_in, v_g)
         loss_fn = _backend.implementation("meanflow_target_loss", _LOSS_BACKENDS, dev,
                                           self._op_backend(), meanflow_target_loss_ref)
         rows, raw = loss_fn(u, dudt, v_g, t, r, self.norm_p, self.norm_eps)
         loss = rows.mean()
-        info = {"loss": float(loss.detach()), "mse": float(raw.mean()),
-                "dropped": float(dropped.float().mean())}
+        info = {"loss": loss.detach(), "mse": raw.mean(), "dropped": dropped.float().mean()}
         return loss, info
+
+    def flow_matching_loss(self, obs: torch.Tensor, actions: torch.Tensor,
+                           cond: torch.Tensor | None = None, *,
+                           generator: torch.Generator | None = None
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Plain (conditional) flow-matching behaviour cloning on the same network: the
+        baseline and speed floor of :meth:`meanflow_loss`.
+
+        ``L = mean ||u(z_t, t, t | c) - (e - x)||^2`` with t ~ logit-normal, no JVP, no guidance;
+        ``cond`` None trains unconditionally (null token). Shapes as :meth:`meanflow_loss`.
+        """
+        obs, x, cond = self._check_batch(obs, actions, cond)
+        batch, n = obs.shape[:2]
+        e = torch.randn(x.shape, device=obs.device, dtype=obs.dtype, generator=generator)
+        t = self.sample_times((batch, n), device=obs.device, generator=generator)[1].to(obs.dtype)
+        u = self._run(torch.lerp(x, e, t.unsqueeze(-1)), t, t, obs, cond)[0]
+        loss = (u - (e - x)).square().sum(-1).mean()
+        return loss, {"loss": loss.detach(), "mse": loss.detach()}
 
     @torch.no_grad()
     def _guided_velocity(self, z, t, obs, cond, v, dropped) -> torch.Tensor:
