@@ -1,0 +1,71 @@
+"""Pieces shared by the kernels: the FP-fusion pin, dtype maps, launch wrapping, activations.
+
+Importing this module imports triton; only ``vgm2p_fast.kernels.*`` does that, lazily.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Pinned before triton compiles anything: triton 3.9 warns that the default of FP fusion (FMA
+# contraction of a * b + c) flips in 3.10. We keep it on (the 3.9 default, what the AOT report
+# and the interpreter tolerances were taken with) and say so explicitly. A user's own setting wins.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# activation name -> constexpr id used inside the kernels
+ACT_IDS = {"identity": 0, "relu": 1, "silu": 2, "gelu_tanh": 3}
+
+TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
+             torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+# pointer type names for triton.compile signatures (kernels/aot.py)
+SIG_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+              torch.bfloat16: "bf16", torch.bool: "i1", torch.int64: "i64"}
+
+
+def acc_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Accumulate in float64 for float64 inputs, else float32 (half inputs never accumulate in
+    half: a 256-term bf16 sum would lose ~8 bits)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def fp32_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision for float32 inputs: follow torch's own switch, so the kernel
+    rounds like ``torch.matmul`` on the same machine (tf32 only when the user allowed it)."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+@triton.jit
+def tanh_f32(x):
+    """tanh from exp2 (no libdevice call, so the interpreter and both GPU arches share it):
+    tanh(x) = 1 - 2 / (exp(2x) + 1), exact limits +-1 at +-inf."""
+    return 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)  # 2 / ln 2
+
+
+@triton.jit
+def act_and_grad(pre, ACT: tl.constexpr):
+    """(act(pre), act'(pre)) for ACT in ACT_IDS; act' is 1 for the identity (callers skip it)."""
+    if ACT == 1:  # relu
+        h = tl.maximum(pre, 0.0)
+        g = (pre > 0).to(pre.dtype)
+    elif ACT == 2:  # silu: s = sigmoid(p), silu = p s, silu' = s (1 + p (1 - s))
+        s = 1.0 / (1.0 + tl.exp(-pre))
+        h = pre * s
+        g = s * (1.0 + pre * (1.0 - s))
+    elif ACT == 3:  # gelu(tanh): 0.5 p (1 + tanh(k (p + 0.044715 p^3))), k = sqrt(2 / pi)
+        inner = 0.7978845608028654 * (pre + 0.044715 * pre * pre * pre)
+        th = tanh_f32(inner)
+        h = 0.5 * pre * (1.0 + th)
+        d_inner = 0.7978845608028654 * (1.0 + 0.134145 * pre * pre)
+        g = 0.5 * (1.0 + th) + 0.5 * pre * (1.0 - th * th) * d_inner
+    else:
+        h = pre
+        g = pre * 0.0 + 1.0
+    return h, g
