@@ -34,13 +34,14 @@ DESIGN section 3.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,24 @@ def _import(family: str, module: str) -> Any:
             f"importable: {exc}); install the extra with `{INSTALL_HINT}`") from exc
 
 
+@contextlib.contextmanager
+def quiet_mujoco_compile() -> Iterator[None]:
+    """Drop MuJoCo's deprecation warning for gymnasium's ``settotalmass`` XML attribute.
+
+    MuJoCo 4 prints it on every model compile (once per env) and appends it to a
+    ``MUJOCO_LOG.TXT`` in the working directory; any other MuJoCo warning still reaches Python's
+    ``warnings``.
+    """
+    mujoco = importlib.import_module("mujoco")
+    previous = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(
+        lambda msg: None if "settotalmass" in msg else warnings.warn(msg, stacklevel=1))
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def _episode_seed(seed: int, episode: int) -> int:
     """Environment seed of episode ``episode`` of a run seeded ``seed`` (batch-independent)."""
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
@@ -114,7 +133,9 @@ class _MaMuJoCo:
         mamujoco = _import("mamujoco", "gymnasium_robotics").mamujoco_v1
         scenario, agent_conf = _MAMUJOCO_RE.match(name).groups()
         try:
-            self.envs = [mamujoco.parallel_env(scenario, agent_conf) for _ in range(max(n, 1))]
+            with quiet_mujoco_compile():
+                self.envs = [mamujoco.parallel_env(scenario, agent_conf)
+                             for _ in range(max(n, 1))]
         except Exception as exc:  # the library raises bare Exception/NotImplementedError
             raise ValueError(f"spec: mamujoco/{name} is not a MaMuJoCo scenario/agent_conf "
                              f"({type(exc).__name__}: {exc})") from exc

@@ -23,6 +23,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from vgm2p_fast.envs import quiet_mujoco_compile
+
 
 @dataclass
 class LinearPolicy:
@@ -88,7 +90,8 @@ def episode(env: gym.Env, policy: LinearPolicy, seed: int,
 def train(env_id: str, iterations: int, directions: int, top: int, step_size: float,
           noise: float, seed: int, log_every: int = 10) -> tuple[LinearPolicy, list[float]]:
     """ARS V2-t; returns the policy and the evaluation return logged every ``log_every``."""
-    env = gym.make(env_id)
+    with quiet_mujoco_compile():
+        env = gym.make(env_id)
     obs_dim = env.observation_space.shape[0]
     act_dim = env.action_space.shape[0]
     rng = np.random.default_rng(seed)
