@@ -678,11 +678,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    try:
-        from .vault import convert_vault
-    except ImportError as exc:
-        print(f"vgm2p: error: {exc}", file=sys.stderr)
-        return 2
+    from .vault import convert_vault  # imports tensorstore only when it reads
+
     try:
         report = convert_vault(args.vault, args.out, env=args.env, uid=args.uid,
                                action_low=args.action_low, action_high=args.action_high,
