@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,16 +47,15 @@ import h5py
 import numpy as np
 import torch
 
+from .envs import parse_env_spec
+
 FORMAT_VERSION = 1
 BUNDLED_DEFAULT = "halfcheetah-2x3-small"
 DATA_DIR_ENV = "VGM2P_DATA_DIR"
 _BUNDLED_DIR = Path(__file__).resolve().parent / "data"
 
-# Environment specs evaluation can build (DESIGN section 6), and the action space of each family.
-_ENV_PATTERNS = {
-    "mamujoco": (re.compile(r"mamujoco/[A-Za-z][A-Za-z0-9]*-[0-9][0-9A-Za-z|]*"), "continuous"),
-    "smax": (re.compile(r"smax/[A-Za-z0-9_]+"), "discrete"),
-}
+# The action space of each environment family (DESIGN section 6).
+_ACTION_SPACES = {"mamujoco": "continuous", "smax": "discrete"}
 _ENV_HELP = "mamujoco/<scenario>-<agent_conf> (e.g. mamujoco/HalfCheetah-2x3) or smax/<map>"
 
 # Dataset name -> (dtype, shape template). Template symbols are sizes shared across datasets:
@@ -117,12 +115,15 @@ def _check_layout(src: str, attrs: Mapping[str, Any],
                            "need a newer vgm2p_fast)", str(int(version)))
     env = attrs.get("env")
     env = env.decode() if isinstance(env, bytes) else env
-    family = env.split("/", 1)[0] if isinstance(env, str) else None
-    if family not in _ENV_PATTERNS or not _ENV_PATTERNS[family][0].fullmatch(env):
-        raise DatasetError(src, "attribute env", _ENV_HELP, "none" if env is None else repr(env))
+    try:
+        # The grammar evaluation builds environments from: a dataset must name one it can build.
+        family, _ = parse_env_spec(env)
+    except ValueError:
+        raise DatasetError(src, "attribute env", _ENV_HELP,
+                           "none" if env is None else repr(env)) from None
     space = attrs.get("action_space")
     space = space.decode() if isinstance(space, bytes) else space
-    want_space = _ENV_PATTERNS[family][1]
+    want_space = _ACTION_SPACES[family]
     if space != want_space:
         raise DatasetError(src, "attribute action_space", f"{want_space!r} (env {env})",
                            "none" if space is None else repr(space))
