@@ -425,9 +425,8 @@ def _default_next_states(states: torch.Tensor, dones: torch.Tensor) -> torch.Ten
     """Next row's state inside an episode; the row's own state at an episode's last row."""
     nxt = torch.empty_like(states)
     nxt[:-1] = states[1:]
-    nxt[-1] = states[-1]
-    nxt[dones] = states[dones]
-    return nxt
+    ends = dones.nonzero().squeeze(1)  # E rows: index them rather than mask all T rows
+    return nxt.index_copy_(0, ends, states.index_select(0, ends))
 
 
 def _build(src: str, meta: Mapping[str, Any], arrays: dict[str, np.ndarray],
