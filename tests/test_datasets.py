@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import h5py
@@ -481,3 +482,12 @@ def test_cli_data_list(valid_files, tmp_path, monkeypatch, capsys):
     shutil.copy(valid_files["continuous"], tmp_path / "hopper-mine.h5")
     assert cli.main(["data", "list"]) == 0
     assert "hopper-mine" in capsys.readouterr().out.split()
+
+
+def test_cli_convert_without_tensorstore(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorstore", None)  # what a missing package looks like
+    argv = ["data", "convert", str(tmp_path), str(tmp_path / "o.h5"), "--env", "smax/3m"]
+    (tmp_path / "metadata.json").write_text("{}")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'vgm2p_fast[ogmarl]'" in err

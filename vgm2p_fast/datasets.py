@@ -24,10 +24,10 @@ File attributes: ``format_version`` (1), ``env`` (``mamujoco/<scenario>-<agent_c
 environment before scaling). The last row of every episode has ``terminals`` or ``truncations``
 set; in particular the last row of the file does.
 
-:func:`load_dataset` checks every rule before it returns (vectorised: ~0.1 s of checks per 1M
-rows) and refuses a file with a one-line :class:`DatasetError` naming the dataset or attribute,
-what was expected and what was found. :func:`write_dataset` runs the same checks before it
-writes, so it never produces a file the loader would refuse.
+:func:`load_dataset` checks every rule before it returns (vectorised: 0.05-0.2 s of checks per
+1M rows on 2 cores) and refuses a file with a one-line :class:`DatasetError` naming the dataset
+or attribute, what was expected and what was found. :func:`write_dataset` runs the same checks
+before it writes, so it never produces a file the loader would refuse.
 """
 
 from __future__ import annotations
