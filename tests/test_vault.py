@@ -29,13 +29,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def write_vault(folder: Path, experience: dict, garbage_rows: int = 3) -> None:
+def write_vault(folder: Path, experience: dict, garbage_rows: int = 3,
+                buffer_len: int = 64) -> None:
     """Write ``experience`` (a tree of ``[B, T, ...]`` arrays) as flashbax's Vault does, plus
-    ``garbage_rows`` of NaN/-1 after the written index that a reader must ignore."""
+    ``garbage_rows`` of -1 after the written index that a reader must ignore. As in flashbax
+    0.1.3, the metadata records the shapes of the recording buffer (time axis ``buffer_len``),
+    not of what was written; ``vault_index`` says that."""
     folder.mkdir(parents=True)
     meta = {
         "version": 1.2,
-        "structure_shape": _tree_map(experience, lambda a: str(a.shape)),
+        "structure_shape": _tree_map(
+            experience, lambda a: str((a.shape[0], buffer_len, *a.shape[2:]))),
         "structure_dtype": _tree_map(experience, lambda a: a.dtype.name),
         "recorded_with": "test",
     }
