@@ -17,6 +17,11 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# triton 3.9's interpreter gets bf16 tl.dot wrong (a 16x16x16 bf16 product is off by ~2e10;
+# fp16 and fp32 are exact), so under the interpreter bf16 tiles are widened to float32 first.
+# Same math as the GPU's bf16 MMA (bf16 x bf16 products are exact in float32, accumulated in
+# float32); on a GPU this constant is False and tl.dot takes the bf16 tiles directly.
+_WIDEN_BF16_DOT = tl.constexpr(INTERPRET)
 
 # activation name -> constexpr id used inside the kernels
 ACT_IDS = {"identity": 0, "relu": 1, "silu": 2, "gelu_tanh": 3}
@@ -26,6 +31,19 @@ TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
 # pointer type names for triton.compile signatures (kernels/aot.py)
 SIG_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
               torch.bfloat16: "bf16", torch.bool: "i1", torch.int64: "i64"}
+
+
+# Row kernels (meanflow_target_loss, cfg_sample): one (BLOCK_R, BLOCK_D) tile per program.
+ROW_BLOCK_ELEMS = 1024  # 8 elements per thread at ROW_NUM_WARPS = 4
+ROW_BLOCK_DS = (16, 128, 1024)  # the only row widths launched (kernels/aot.py compiles each)
+ROW_NUM_WARPS = 4
+
+
+def row_blocks(d: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_D) for rows of width ``d``: the smallest tile of ROW_BLOCK_DS that holds
+    a row (wider rows loop over 1024-wide chunks) and ROW_BLOCK_ELEMS / BLOCK_D rows."""
+    block_d = next((b for b in ROW_BLOCK_DS if d <= b), ROW_BLOCK_DS[-1])
+    return ROW_BLOCK_ELEMS // block_d, block_d
 
 
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -40,6 +58,16 @@ def fp32_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
+
+
+@triton.jit
+def mma(a, b, acc, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """acc + a @ b with ``tl.dot`` (see _WIDEN_BF16_DOT for the interpreter's bf16)."""
+    if _WIDEN_BF16_DOT:  # noqa: SIM102 (two constexpr tests; kept apart for readability)
+        if a.dtype == tl.bfloat16:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
 
 
 @triton.jit

@@ -29,17 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import acc_dtype
-
-BLOCK_ELEMS = 2048
-MAX_BLOCK_D = 1024
-NUM_WARPS = 4
-
-
-def blocks(d: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D) for rows of width ``d``: next power of two (<= 1024), ~2048 elements."""
-    block_d = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK_D)
-    return max(1, BLOCK_ELEMS // block_d), block_d
+from ._common import ROW_NUM_WARPS, acc_dtype, row_blocks
 
 
 @triton.jit
@@ -100,6 +90,7 @@ def _kernel(z_ptr, uc_ptr, un_ptr, low_ptr, high_ptr, avail_ptr, out_ptr, R, D, 
 
 
 def _out(z: torch.Tensor, discrete: bool) -> torch.Tensor:
+    """The empty actions tensor (shared by the op and its fake kernel)."""
     if discrete:
         return torch.empty(z.shape[:-1], dtype=torch.int64, device=z.device)
     return torch.empty_like(z, memory_format=torch.contiguous_format)
@@ -118,14 +109,19 @@ def _cfg_sample_op(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor |
     rows = z.numel() // d if d else 0
     if rows == 0:
         return out
-    block_r, block_d = blocks(d)
+    block_r, block_d = row_blocks(d)
     wrap_triton(_kernel)[(triton.cdiv(rows, block_r),)](
         z, u_cond, u_cond if u_null is None else u_null, z if low is None else low,
         z if high is None else high, z if avail is None else avail, out, rows, d,
         float(guidance), float(step),
         HAS_NULL=u_null is not None, HAS_BOUNDS=low is not None, DISCRETE=discrete,
-        ACC=acc_dtype(z.dtype), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
+        ACC=acc_dtype(z.dtype), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=ROW_NUM_WARPS)
     return out
+
+
+@_cfg_sample_op.register_fake
+def _cfg_sample_fake(z, u_cond, u_null, guidance, step, low, high, avail, discrete):
+    return _out(z, discrete)
 
 
 def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | None = None,

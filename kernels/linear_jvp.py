@@ -32,11 +32,15 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ACT_IDS, acc_dtype, act_and_grad, fp32_precision
+from ._common import ACT_IDS, acc_dtype, act_and_grad, fp32_precision, mma
 
-# Launch configuration, the one kernels/aot.py compiles for sm_80/sm_90 (0 spills there).
-FWD = {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4}
-BWD = {"BM": 64, "BN": 64, "BK": 32, "num_warps": 4}
+# Launch configurations, the ones kernels/aot.py compiles for sm_80/sm_90 (0 spills there).
+# Forward with 4-byte/8-byte inputs: BK = 16, since the (ieee) fp32 dot keeps its operands in
+# registers: at BK = 32 the two 64x64 accumulators + the GELU epilogue spilled 32-116 bytes
+# (255 registers); at BK = 16 it takes ~175. 8 warps: at 4 the bf16 forward spilled 64-100 B.
+_FWD_HALF = {"BM": 64, "BN": 64, "BK": 32, "num_warps": 8}
+_FWD_WIDE = {"BM": 64, "BN": 64, "BK": 16, "num_warps": 8}
+BWD = {"BM": 64, "BN": 64, "BK": 32, "num_warps": 8}
 # dW/db: aim for ~2 waves of programs on a 132-SM H100, each over >= 256 rows.
 _TARGET_PROGRAMS = 264
 _MIN_ROWS_PER_SPLIT = 256
@@ -69,13 +73,13 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, dx_ptr, h_ptr, dh_ptr, g_ptr,
             x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk[None, :] < K), other=0.0)
             d = tl.load(d_rows + kk[None, :], mask=m_ok[:, None] & (kk[None, :] < KT), other=0.0)
             wt = tl.trans(w)
-            acc = tl.dot(x, wt, acc, input_precision=PRECISION, out_dtype=ACC)
-            dacc = tl.dot(d, wt, dacc, input_precision=PRECISION, out_dtype=ACC)
+            acc = mma(x, wt, acc, PRECISION, ACC)
+            dacc = mma(d, wt, dacc, PRECISION, ACC)
     for k0 in range(k_end, K, BK):  # the columns without a tangent: primal only
         kk = k0 + offs_k
         w = tl.load(w_rows + kk[None, :], mask=n_ok[:, None] & (kk[None, :] < K), other=0.0)
         x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk[None, :] < K), other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = mma(x, tl.trans(w), acc, PRECISION, ACC)
     if HAS_BIAS:
         acc += tl.load(b_ptr + pid_g * N + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
     h, g = act_and_grad(acc, ACT)
@@ -112,7 +116,7 @@ def _bwd_dx_kernel(gh_ptr, g_ptr, w_ptr, dx_ptr, M, N, K,
             gp = gp.to(gh_ptr.dtype.element_ty)
         w = tl.load(wbase + nn[:, None].to(tl.int64) * K, mask=(nn[:, None] < N) & k_ok[None, :],
                     other=0.0)
-        acc = tl.dot(gp, w, acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = mma(gp, w, acc, PRECISION, ACC)
     out = pid_g.to(tl.int64) * M * K + offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
     tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & k_ok[None, :])
 
@@ -149,7 +153,7 @@ def _bwd_dw_kernel(gh_ptr, g_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, G, ROWS,
             gp = gp.to(gh_ptr.dtype.element_ty)
         x = tl.load(xbase + mm[:, None].to(tl.int64) * sxm, mask=m_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        acc = tl.dot(gp, x, acc, input_precision=PRECISION, out_dtype=ACC)
+        acc = mma(gp, x, acc, PRECISION, ACC)
         if HAS_BIAS:
             dbacc += tl.sum(gp.to(ACC), axis=1)
     out = pid_gs.to(tl.int64) * N * K + offs_n[:, None].to(tl.int64) * K + offs_k[None, :]
@@ -173,6 +177,20 @@ def _rows(t: torch.Tensor) -> tuple[int, int]:
     return (t.stride(0), t.stride(1)) if t.dim() == 3 else (0, t.stride(0))
 
 
+def fwd_config(dtype: torch.dtype) -> dict:
+    """Forward block sizes for ``dtype`` storage."""
+    return _FWD_HALF if dtype in (torch.float16, torch.bfloat16) else _FWD_WIDE
+
+
+def _fwd_outputs(x: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor | None,
+                 activation: str, save_grad: bool) -> tuple[torch.Tensor, ...]:
+    """Empty (h, dh, act'): shared by the op and its fake (shape-only) kernel."""
+    shape = (*x.shape[:-1], weight.shape[-2])
+    new = lambda keep: torch.empty(shape if keep else (0,), dtype=x.dtype,  # noqa: E731
+                                   device=x.device)
+    return new(True), new(dx is not None), new(save_grad and activation != "identity")
+
+
 @triton_op("vgm2p_fast::triton_linear_jvp", mutates_args=())
 def _linear_jvp_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     dx: torch.Tensor | None, activation: str, save_grad: bool
@@ -184,20 +202,17 @@ def _linear_jvp_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     g_count = weight.shape[0] if weight.dim() == 3 else 1
     n_out, n_in = weight.shape[-2:]
     m = x.shape[-2]
-    shape = (*x.shape[:-1], n_out)
-    h = torch.empty(shape, dtype=x.dtype, device=x.device)
-    dh = torch.empty(shape if dx is not None else (0,), dtype=x.dtype, device=x.device)
-    save = save_grad and activation != "identity"
-    g = torch.empty(shape if save else (0,), dtype=x.dtype, device=x.device)
+    h, dh, g = _fwd_outputs(x, weight, dx, activation, save_grad)
     sxg, sxm = _rows(x)
     sdg, sdm = _rows(dx) if dx is not None else (0, 0)
-    grid = (triton.cdiv(m, FWD["BM"]), triton.cdiv(n_out, FWD["BN"]), g_count)
+    cfg = fwd_config(x.dtype)
+    grid = (triton.cdiv(m, cfg["BM"]), triton.cdiv(n_out, cfg["BN"]), g_count)
     wrap_triton(_fwd_kernel)[grid](
         x, weight, bias if bias is not None else weight, dx if dx is not None else x, h, dh, g,
         m, n_out, n_in, 0 if dx is None else dx.shape[-1], sxg, sxm, sdg, sdm,
         ACT=ACT_IDS[activation], HAS_BIAS=bias is not None, HAS_TANGENT=dx is not None,
-        SAVE_GRAD=save, ACC=acc_dtype(x.dtype), PRECISION=fp32_precision(x.dtype),
-        BM=FWD["BM"], BN=FWD["BN"], BK=FWD["BK"], num_warps=FWD["num_warps"])
+        SAVE_GRAD=g.numel() > 0, ACC=acc_dtype(x.dtype), PRECISION=fp32_precision(x.dtype),
+        BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"])
     return h, dh, g
 
 
@@ -205,6 +220,15 @@ def dw_split(m: int, n_out: int, n_in: int, groups: int) -> int:
     """Row chunks for dW: enough programs for ~2 waves, each chunk >= 256 rows."""
     tiles = triton.cdiv(n_out, BWD["BM"]) * triton.cdiv(n_in, BWD["BN"]) * groups
     return max(1, min(triton.cdiv(m, _MIN_ROWS_PER_SPLIT), triton.cdiv(_TARGET_PROGRAMS, tiles)))
+
+
+def _bwd_outputs(x: torch.Tensor, weight: torch.Tensor, need_dx: bool, need_dw: bool,
+                 has_bias: bool) -> tuple[torch.Tensor, ...]:
+    """Empty (dx, dW, db), each of shape (0,) when not needed (op and fake kernel)."""
+    new = lambda shape, keep: torch.empty(shape if keep else (0,), dtype=x.dtype,  # noqa: E731
+                                          device=x.device)
+    return (new(x.shape, need_dx), new(weight.shape, need_dw),
+            new(weight.shape[:-1], has_bias))
 
 
 @triton_op("vgm2p_fast::triton_linear_jvp_bwd", mutates_args=())
@@ -221,15 +245,14 @@ def _linear_jvp_bwd(grad_h: torch.Tensor, act_grad: torch.Tensor, x: torch.Tenso
     act, acc = ACT_IDS[activation], acc_dtype(x.dtype)
     prec = fp32_precision(x.dtype)
     act_grad = grad_h if act == 0 else act_grad.contiguous()
-    dx = torch.empty(x.shape if need_dx else (0,), dtype=x.dtype, device=x.device)
+    dx, dw, db = _bwd_outputs(x, weight, need_dx, need_dw, has_bias)
     if need_dx:
         grid = (triton.cdiv(m, BWD["BM"]), triton.cdiv(n_in, BWD["BN"]), g_count)
         wrap_triton(_bwd_dx_kernel)[grid](
             grad_h, act_grad, weight, dx, m, n_out, n_in, ACT=act, ACC=acc, PRECISION=prec,
             BM=BWD["BM"], BN=BWD["BN"], BK=BWD["BK"], num_warps=BWD["num_warps"])
     if not (need_dw or has_bias):
-        empty = torch.empty((0,), dtype=x.dtype, device=x.device)
-        return dx, empty, empty
+        return dx, dw, db
     split = dw_split(m, n_out, n_in, g_count)
     rows = triton.cdiv(triton.cdiv(m, split), BWD["BK"]) * BWD["BK"]
     split = triton.cdiv(m, rows)
@@ -244,10 +267,21 @@ def _linear_jvp_bwd(grad_h: torch.Tensor, act_grad: torch.Tensor, x: torch.Tenso
         ACT=act, HAS_BIAS=has_bias, ACC=acc, PRECISION=prec,
         BM=BWD["BM"], BN=BWD["BN"], BK=BWD["BK"], num_warps=BWD["num_warps"])
     # partials are laid out (split, G, ...): one deterministic sum, no atomics
-    dw = dw_part.view(split, *weight.shape).sum(0).to(x.dtype)
-    db = (db_part.view(split, *weight.shape[:-1]).sum(0).to(x.dtype) if has_bias
-          else torch.empty((0,), dtype=x.dtype, device=x.device))
+    if need_dw:
+        dw.copy_(dw_part.view(split, *weight.shape).sum(0))
+    if has_bias:
+        db.copy_(db_part.view(split, *weight.shape[:-1]).sum(0))
     return dx, dw, db
+
+
+@_linear_jvp_fwd.register_fake
+def _fwd_fake(x, weight, bias, dx, activation, save_grad):
+    return _fwd_outputs(x, weight, dx, activation, save_grad)
+
+
+@_linear_jvp_bwd.register_fake
+def _bwd_fake(grad_h, act_grad, x, weight, activation, need_dx, need_dw, has_bias):
+    return _bwd_outputs(x, weight, need_dx, need_dw, has_bias)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -26,16 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-BLOCK_ELEMS = 2048  # elements per program (BLOCK_R x BLOCK_D), with num_warps=4
-MAX_BLOCK_D = 1024  # widest single tile; wider rows loop
-NUM_WARPS = 4
-
-
-def blocks(d: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_D) the launcher uses for rows of width ``d`` (kernels/aot.py compiles
-    these): the next power of two >= d (at most 1024) and enough rows for ~2048 elements."""
-    block_d = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK_D)
-    return max(1, BLOCK_ELEMS // block_d), block_d
+from ._common import ROW_NUM_WARPS, row_blocks
 
 
 @triton.jit
@@ -88,6 +79,16 @@ def _kernel(u_ptr, du_ptr, vg_ptr, t_ptr, r_ptr, loss_ptr, raw_ptr, grad_ptr,
                 tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
+def _outputs(u: torch.Tensor, t: torch.Tensor, r: torch.Tensor, need_grad: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty (loss, L, dloss/du): shared by the op and its fake (shape-only) kernel."""
+    out_dtype = torch.promote_types(u.dtype, torch.promote_types(t.dtype, r.dtype))
+    loss = torch.empty(u.shape[:-1], dtype=out_dtype, device=u.device)
+    raw = torch.empty(u.shape[:-1], dtype=out_dtype, device=u.device)
+    grad = torch.empty(u.shape if need_grad else (0,), dtype=u.dtype, device=u.device)
+    return loss, raw, grad
+
+
 @triton_op("vgm2p_fast::triton_meanflow_target_loss", mutates_args=())
 def _loss_op(u: torch.Tensor, dudt: torch.Tensor, v_g: torch.Tensor, t: torch.Tensor,
              r: torch.Tensor, norm_p: float, norm_eps: float, need_grad: bool
@@ -96,19 +97,21 @@ def _loss_op(u: torch.Tensor, dudt: torch.Tensor, v_g: torch.Tensor, t: torch.Te
     u, dudt, v_g, t, r = (a.contiguous() for a in (u, dudt, v_g, t, r))
     d = u.shape[-1]
     rows = u.numel() // d if d else 0
-    out_dtype = torch.promote_types(u.dtype, torch.promote_types(t.dtype, r.dtype))
-    loss = torch.empty(u.shape[:-1], dtype=out_dtype, device=u.device)
-    raw = torch.empty(u.shape[:-1], dtype=out_dtype, device=u.device)
-    grad = torch.empty(u.shape if need_grad else (0,), dtype=u.dtype, device=u.device)
+    loss, raw, grad = _outputs(u, t, r, need_grad)
     if rows == 0 or d == 0:  # nothing to launch: L = 0 on every (possibly zero) row
         return loss.zero_(), raw.zero_(), grad.zero_()
-    block_r, block_d = blocks(d)
-    acc = tl.float64 if out_dtype == torch.float64 else tl.float32
+    block_r, block_d = row_blocks(d)
+    acc = tl.float64 if loss.dtype == torch.float64 else tl.float32
     wrap_triton(_kernel)[(triton.cdiv(rows, block_r),)](
         u, dudt, v_g, t, r, loss, raw, grad, rows, d, float(norm_p), float(norm_eps),
         P_ONE=norm_p == 1.0, NEED_GRAD=need_grad, ONE_TILE=d <= block_d, ACC=acc,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=ROW_NUM_WARPS)
     return loss, raw, grad
+
+
+@_loss_op.register_fake
+def _loss_fake(u, dudt, v_g, t, r, norm_p, norm_eps, need_grad):
+    return _outputs(u, t, r, need_grad)
 
 
 def _setup_context(ctx, inputs, output) -> None:

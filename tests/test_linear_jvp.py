@@ -121,3 +121,96 @@ def test_invalid_inputs_name_the_argument(kwargs, match):
 def test_grouped_bias_shape_is_checked():
     with pytest.raises(ValueError, match=r"bias: expected shape \(2, 5\), found \(5,\)"):
         linear_jvp(torch.zeros(2, 3, 6), torch.zeros(2, 5, 6), torch.zeros(5), backend="torch")
+
+
+# ---------------------------------------------------------------- triton (interpreter on CPU)
+triton = pytest.importorskip("triton", reason="the triton backend needs `pip install triton`")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: TRITON_INTERPRET=1 (conftest)
+TRITON_SHAPES = [(None, 1, 3, 5, 3), (None, 7, 13, 9, 4), (None, 70, 33, 65, 20),
+                 (2, 5, 20, 17, 20), (3, 1, 9, 3, 9)]
+
+
+def _run_with_grads(x, w, b, dx, activation, backend, g):
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b) if t is not None]
+    xb, wb, bb = (*leaves, None) if b is None else leaves
+    h, dh = linear_jvp(xb, wb, bb, dx, activation, backend=backend)
+    (h * g).sum().backward()
+    return h.detach(), dh, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_matches_torch(shape, activation, dtype):
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs(shape, dtype, seed=2))
+    g = torch.randn(*(shape[0],) * (shape[0] is not None), shape[1], shape[3], dtype=dtype,
+                    generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    got = _run_with_grads(x, w, b, dx, activation, "triton", g)
+    want = _run_with_grads(x, w, b, dx, activation, "torch", g)
+    tol = {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
+    assert not got[1].requires_grad and got[0].dtype == dtype
+    for name, a, e in zip(("h", "dh", "grad x", "grad weight", "grad bias"),
+                          (got[0], got[1], *got[2]), (want[0], want[1], *want[2])):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("shape", [(None, 37, 45, 70, 13), (2, 9, 24, 33, 24)])
+def test_triton_low_precision_within_reference_error(shape, activation, dtype,
+                                                      close_to_oracle):
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs(shape, dtype, seed=6))
+    g = torch.randn(*(shape[0],) * (shape[0] is not None), shape[1], shape[3], dtype=dtype,
+                    generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    got = _run_with_grads(x, w, b, dx, activation, "triton", g)
+    ref = _run_with_grads(x, w, b, dx, activation, "torch", g)
+    oracle = _run_with_grads(*(t.double() for t in (x, w, b, dx)), activation, "torch",
+                             g.double())
+    for name, a, r, o in zip(("h", "dh", "grad x", "grad weight", "grad bias"),
+                             (got[0], got[1], *got[2]), (ref[0], ref[1], *ref[2]),
+                             (oracle[0], oracle[1], *oracle[2])):
+        assert a.dtype == dtype
+        close_to_oracle(a, r, o, name)
+
+
+def test_triton_strided_input_and_partial_grads():
+    """x as the policy's per-agent view (B, N, F) -> (N, B, F) (not contiguous), no bias, no
+    tangent, and only the weight asking for a gradient."""
+    x, w, _, _ = _inputs((3, 6, 10, 7, 10), torch.float32, bias=False)
+    x, w = x.to(DEVICE), w.to(DEVICE)
+    x_view = x.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not x_view.is_contiguous()
+    w1, w2 = w.clone().requires_grad_(), w.clone().requires_grad_()
+    h1, dh1 = linear_jvp(x_view, w1, None, None, "relu", backend="triton")
+    h2, _ = linear_jvp(x_view, w2, None, None, "relu", backend="torch")
+    assert dh1 is None
+    h1.square().sum().backward()
+    h2.square().sum().backward()
+    torch.testing.assert_close(h1, h2, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(w1.grad, w2.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_triton_dw_split_over_row_chunks():
+    """Enough rows that dW is summed over several row chunks (the split-K path)."""
+    from vgm2p_fast.kernels.linear_jvp import dw_split
+
+    shape = (None, 600, 16, 16, 16)
+    assert dw_split(600, 16, 16, 1) > 1
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs(shape, torch.float32, seed=8))
+    g = torch.randn(600, 16, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    got = _run_with_grads(x, w, b, dx, "silu", "triton", g)
+    want = _run_with_grads(x, w, b, dx, "silu", "torch", g)
+    for a, e in zip(got[2], want[2]):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_op_registration_passes_opcheck():
+    import vgm2p_fast.kernels.linear_jvp  # noqa: F401  (registers the ops)
+    from torch.library import opcheck
+
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs((None, 5, 7, 6, 3), torch.float32))
+    x.requires_grad_()
+    w.requires_grad_()
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    opcheck(torch.ops.vgm2p_fast.triton_linear_jvp, (x, w, b, dx, "silu", True),
+            test_utils=utils)
