@@ -20,7 +20,8 @@ Conversion (one row per time step, streams concatenated): ``observations [B, T, 
 every agent's flag is set, as OG-MARL's own return computation reads them),
 ``infos.state [B, T, S]`` -> ``states``, ``infos.legals [B, T, N, K]`` -> ``avail_actions``.
 Rows after the last episode end of a stream (an episode the recorder had not finished) are
-dropped: our format refuses an open last episode.
+dropped: our format refuses an open last episode. Checked against a vault written by flashbax
+0.1.3's ``Vault`` itself: the converted arrays equal the recorded ones.
 """
 
 from __future__ import annotations
