@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from .ops.meanflow_target_loss import IMPLEMENTED as _LOSS_BACKENDS
 from .ops.meanflow_target_loss import meanflow_target_loss_ref
 
 JVP_BACKENDS = ("auto", "torch", "triton", "func")
+_SAVE_FORMAT = "vgm2p_fast.MeanFlowPolicy/1"
 
 
 class MeanFlowPolicy(nn.Module):
@@ -116,6 +119,7 @@ class MeanFlowPolicy(nn.Module):
         self.omega, self.kappa, self.cond_dropout = float(omega), float(kappa), float(cond_dropout)
         self.ratio_r_neq_t, self.time_mu, self.time_sigma = ratio_r_neq_t, time_mu, time_sigma
         self.norm_p, self.norm_eps, self.backend = norm_p, norm_eps, backend
+        self.metadata: dict = {}
         # Everything save()/load() needs to rebuild the module (weights go in the state dict).
         self.config = {
             "obs_dim": obs_dim, "action_dim": action_dim, "n_agents": n_agents,
@@ -148,6 +152,22 @@ class MeanFlowPolicy(nn.Module):
             self.weights.append(nn.Parameter(w))
             self.biases.append(nn.Parameter(torch.empty(*group, fan_out).uniform_(-bound, bound)))
         self.register_buffer("agent_ids", torch.eye(n_agents))
+        # Observation standardisation (identity until set_obs_normalization): part of the saved
+        # module, so that a policy dropped into another codebase takes raw observations.
+        self.register_buffer("obs_mean", torch.zeros(obs_dim))
+        self.register_buffer("obs_std", torch.ones(obs_dim))
+
+    @torch.no_grad()
+    def set_obs_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise observations as ``(obs - mean) / std`` inside the policy.
+
+        Args: mean, std: (obs_dim,) (e.g. the dataset's per-feature statistics; std is floored
+        at 1e-6 so constant features, such as zero padding, stay finite).
+        """
+        for name, x in (("mean", mean), ("std", std)):
+            check_tensor(name, x, shape=(self.obs_dim,), dtypes=FLOAT_DTYPES)
+        self.obs_mean.copy_(mean)
+        self.obs_std.copy_(std.clamp_min(1e-6))
 
     @staticmethod
     def _bounds(low, high, dim, discrete) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,6 +184,30 @@ class MeanFlowPolicy(nn.Module):
             raise ValueError(f"action_low < action_high expected, found {low_t.tolist()} and "
                              f"{high_t.tolist()}")
         return low_t, high_t
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write config + weights (+ JSON-able ``metadata``, e.g. the env spec) to ``path``,
+        atomically (temp file + rename). Loadable by :meth:`load` without any training code."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": _SAVE_FORMAT, "config": self.config,
+                    "state_dict": self.state_dict(), "metadata": metadata or {}}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None
+             ) -> MeanFlowPolicy:
+        """Rebuild a policy written by :meth:`save`; ``policy.metadata`` holds its metadata."""
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != _SAVE_FORMAT:
+            raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save "
+                             f"(format {_SAVE_FORMAT!r}), found something else")
+        state = blob["state_dict"]
+        policy = cls(**blob["config"])
+        policy.load_state_dict(state)
+        policy.metadata = blob["metadata"]
+        return policy.to(state["freqs"].device)
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -235,7 +279,7 @@ class MeanFlowPolicy(nn.Module):
         c = self.cond_embed(cond.long())
         if c.dim() == 2:
             c = c.unsqueeze(1).expand(batch, self.n_agents, c.shape[-1])
-        parts = [z, emb_t, emb_h, obs]
+        parts = [z, emb_t, emb_h, (obs - self.obs_mean.to(obs.dtype)) / self.obs_std.to(obs.dtype)]
         if self.share_parameters:
             parts.append(self.agent_ids.to(obs.dtype).expand(batch, -1, -1))
         parts.append(c.to(obs.dtype))

@@ -1,0 +1,228 @@
+"""Trainer, value guidance and CLI: end to end, resume after kill -9, determinism, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import vgm2p_fast as vf
+from vgm2p_fast.cli import main
+from vgm2p_fast.datasets import load_dataset, write_dataset
+from vgm2p_fast.train import TrainConfig, train
+from vgm2p_fast.value import ValueGuidance, tokens_from_advantage
+
+TINY = ["--hidden-dims", "32", "32", "--value-hidden", "32", "--batch-size", "64",
+        "--log-every", "5", "--eval-episodes", "0"]
+
+
+def _write(path: Path, discrete: bool = False, episodes: int = 6, length: int = 40) -> Path:
+    """A small dataset whose reward prefers positive actions (so advantages carry signal)."""
+    rng = np.random.default_rng(0)
+    t, n = episodes * length, 2
+    obs = rng.normal(size=(t, n, 5)).astype(np.float32)
+    ends = np.zeros(t, bool)
+    ends[length - 1 :: length] = True
+    terminals = ends.copy()
+    terminals[length - 1 :: 2 * length] = False  # every other episode is truncated instead
+    kw: dict = {}
+    if discrete:
+        actions = rng.integers(0, 4, size=(t, n))
+        kw["avail_actions"] = np.ones((t, n, 4), bool)
+        kw["n_actions"] = 4
+        rewards = (actions == 3).mean(1).astype(np.float32)
+        env = "smax/3m"
+    else:
+        actions = rng.uniform(-1, 1, size=(t, n, 3)).astype(np.float32)
+        kw["action_low"], kw["action_high"] = -np.ones(3), np.ones(3)
+        rewards = actions.mean((1, 2)).astype(np.float32)
+        env = "mamujoco/HalfCheetah-2x3"
+    write_dataset(path, observations=obs, actions=actions, rewards=rewards, terminals=terminals,
+                  truncations=ends & ~terminals, env=env, **kw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("data") / "tiny.h5")
+
+
+def _cli(*args: str, timeout: int = 300, env_extra: dict | None = None
+         ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "vgm2p_fast.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def _metrics(out: Path) -> list[dict]:
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # wall-clock figures differ between runs by nature
+        r.pop("samples_per_s", None)
+    return rows
+
+
+# ------------------------------------------------------------------ value guidance
+
+
+def test_refresh_is_gae_of_the_target_value(tiny):
+    ds = load_dataset(tiny)
+    critic = ValueGuidance(ds.state_dim, 0, hidden=(16,))
+    critic.init_stats(ds, None)
+    adv, ret = critic.refresh(ds)
+    with torch.no_grad():
+        v = critic.v_target(ds.states).squeeze(-1)
+        nv = critic.v_target(ds.next_states).squeeze(-1)
+    a_ref, r_ref = vf.ops.gae_ref(ds.rewards, v, nv, ds.dones, ds.terminals, 0.99, 0.95)
+    torch.testing.assert_close(adv, a_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ret, r_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tokens():
+    adv = torch.tensor([-2.0, -0.5, 0.0, 0.1, 3.0, 7.0, -1.0, 2.0])
+    assert tokens_from_advantage(adv, "binary").tolist() == [0, 0, 1, 1, 1, 1, 0, 1]
+    assert tokens_from_advantage(adv, "none") is None
+    q = tokens_from_advantage(adv, "quantile", n_bins=4)
+    assert q.tolist() == [0, 1, 1, 2, 3, 3, 0, 2]  # two rows per quartile
+    with pytest.raises(ValueError, match="condition"):
+        tokens_from_advantage(adv, "median")
+
+
+# ------------------------------------------------------------------ trainer
+
+
+@pytest.mark.parametrize(("discrete", "condition", "advantage"),
+                         [(False, "binary", "gae"), (True, "quantile", "iql"),
+                          (False, "none", "gae")])
+def test_train_writes_every_output(tmp_path, discrete, condition, advantage):
+    data = _write(tmp_path / "d.h5", discrete=discrete)
+    cfg = TrainConfig(dataset=str(data), out=str(tmp_path / "run"), steps=30, value_warmup=10,
+                      refresh_every=20, hidden_dims=(32,), value_hidden=(32,), batch_size=32,
+                      log_every=10, eval_episodes=0, condition=condition, advantage=advantage)
+    summary = train(cfg, progress=False)
+    out = tmp_path / "run"
+    for name in ("summary.json", "metrics.jsonl", "learning_curve.png", "policy.pt",
+                 "checkpoint.pt", "config.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tb").iterdir()), "no TensorBoard event file"
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("eval_return_mean", "eval_return_std", "steps", "samples_per_s", "dataset",
+                "config"):
+        assert key in saved, key
+    assert saved["steps"] == 30 and summary["samples_per_s"] > 0
+    rows = _metrics(out)
+    refresh = [r for r in rows if r.get("event") == "refresh"]
+    assert [r["iteration"] for r in refresh] == [0, 20]
+    assert 0.0 < refresh[0]["adv_share_nonneg"] < 1.0
+    assert any("loss" in r for r in rows) and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
+    policy = vf.MeanFlowPolicy.load(out / "policy.pt")
+    assert policy.metadata["env"] == load_dataset(data).env
+    obs = torch.randn(3, 2, 5)
+    a = policy(obs, torch.ones(3, 2, 4, dtype=torch.bool) if discrete else None)
+    assert a.shape == ((3, 2) if discrete else (3, 2, 3))
+
+
+def test_same_seed_same_metrics(tiny, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        r = main(["train", "--dataset", str(tiny), "--out", str(tmp_path / name), "--steps", "20",
+                  "--value-warmup", "5", "--quiet", *TINY])
+        assert r == 0
+        runs.append(_metrics(tmp_path / name))
+    assert runs[0] == runs[1]
+
+
+def test_resume_after_kill_9_equals_uninterrupted_run(tiny, tmp_path):
+    args = ["train", "--dataset", str(tiny), "--steps", "400", "--value-warmup", "20",
+            "--refresh-every", "50", "--checkpoint-every", "40", "--quiet", *TINY]
+    assert main([*args, "--out", str(tmp_path / "full")]) == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "vgm2p_fast.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoint.pt").exists():
+            state = torch.load(out / "checkpoint.pt", weights_only=False)
+            if state["iteration"] >= 120:  # mid-run, and past a refresh and a few checkpoints
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed: make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists()
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert _metrics(out) == _metrics(tmp_path / "full")
+    a = torch.load(out / "policy.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "full" / "policy.pt", weights_only=True)["state_dict"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ddp_two_processes_keep_identical_weights(tiny, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "vgm2p_fast.cli",
+         "train", "--dataset", str(tiny), "--out", str(out), "--steps", "15", "--value-warmup",
+         "3", "--quiet", *TINY],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["ddp_max_weight_divergence"] == 0.0
+    single = vf.MeanFlowPolicy.load(out / "policy.pt")
+    assert all(torch.isfinite(p).all() for p in single.parameters())
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_refuses_a_bad_file_in_one_line(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    res = _cli("train", "--dataset", str(bad), "--out", str(tmp_path / "o"), "--quiet")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vgm2p: error: ") and "bad.h5" in lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_bad_option_value():
+    assert main(["train", "--condition", "binary", "--batch-size", "0", "--quiet"]) == 2
+
+
+def test_info_lists_every_op(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for op in vf.ops.REGISTRY:
+        assert op in out
+
+
+def test_default_train_on_the_bundled_dataset(tmp_path):
+    """`vgm2p train` with only a size override: the bundled dataset, value guidance, training,
+    evaluation in the environment when the extra is installed, summary.json."""
+    out = tmp_path / "run"
+    res = _cli("train", "--out", str(out), "--steps", "150", "--value-warmup", "50",
+               "--hidden-dims", "64", "64", "--eval-episodes", "1", "--quiet", timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env"] == "mamujoco/HalfCheetah-2x3"
+    if summary["eval_return_mean"] is None:
+        pytest.skip(f"environment extra not installed: {summary['eval_skipped']}")
+    assert np.isfinite(summary["eval_return_mean"]) and summary["eval_episodes"] == 1
+    res = _cli("eval", "--checkpoint", str(out), "--episodes", "1", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["episodes"] == 1
