@@ -24,12 +24,23 @@ the path pays off while launches dominate (rows per group <= 64), not for traini
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ROW_NUM_WARPS, acc_dtype, row_blocks
+from ._common import (
+    ACT_IDS,
+    ROW_NUM_WARPS,
+    acc_dtype,
+    act_and_grad,
+    fp32_precision,
+    mma,
+    row_blocks,
+)
 
 
 @triton.jit
@@ -135,3 +146,182 @@ def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | Non
     """
     return _cfg_sample_op(z, u_cond, u_null, float(guidance), float(step), low, high, avail,
                           discrete)
+
+
+# ---------------------------------------------------------------- whole MLP + sampling step
+MLP = {"BM": 16, "BN": 64, "BK": 64, "num_warps": 4}  # BM = 16: tl.dot's smallest M
+MLP_MAX_ROWS = 64  # rows per agent group up to which mlp_cfg_sample is the faster path
+MLP_MAX_WIDTH = 1024  # widest layer (input included) the scratch/loops are sized for
+
+
+class MLPPack(NamedTuple):
+    """The policy's layers packed for ``mlp_cfg_sample`` (build once, reuse while the weights
+    do not change): ``weight (G, L, out_max, in_max)`` and ``bias (G, L, out_max)``, zero
+    padded, and ``dims`` int32 ``[in_0, out_0 = in_1, ..., out_{L-1}]``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    dims: torch.Tensor
+
+
+def pack_mlp(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> MLPPack:
+    """Pack ``L`` layers given as the policy holds them: ``weights[l]`` (out, in) shared or
+    (G, out, in) per agent, ``biases[l]`` (out,) or (G, out). No autograd (sampling only)."""
+    w0 = weights[0]
+    grouped = w0.dim() == 3
+    g = w0.shape[0] if grouped else 1
+    dims = [w0.shape[-1]] + [w.shape[-2] for w in weights]
+    out_max = max(w.shape[-2] for w in weights)
+    in_max = max(w.shape[-1] for w in weights)
+    wp = torch.zeros(g, len(weights), out_max, in_max, dtype=w0.dtype, device=w0.device)
+    bp = torch.zeros(g, len(weights), out_max, dtype=w0.dtype, device=w0.device)
+    with torch.no_grad():
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            wp[:, i, : w.shape[-2], : w.shape[-1]] = w if grouped else w.unsqueeze(0)
+            bp[:, i, : b.shape[-1]] = b if grouped else b.unsqueeze(0)
+    return MLPPack(wp, bp, torch.tensor(dims, dtype=torch.int32, device=w0.device))
+
+
+def mlp_fits(rows_per_group: int, pack: MLPPack) -> bool:
+    """Whether ``mlp_cfg_sample`` is the path to take: few rows per agent group (decentralised
+    execution, B = agents or a few envs) and layers no wider than MLP_MAX_WIDTH."""
+    return rows_per_group <= MLP_MAX_ROWS and max(pack.weight.shape[-2:]) <= MLP_MAX_WIDTH
+
+
+@triton.jit
+def _mlp_rows(x_ptr, sxg, sxm, x_row0, F, w_ptr, b_ptr, dims_ptr, scr_ptr, pid_g, offs_m, m_ok,
+              L, WO, WI, WMAX, D,
+              ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr):
+    """u (BM, DP) of rows ``x_row0 + offs_m`` through all L layers; the activations go through
+    this program's two scratch buffers (BM, WMAX), one read and one written per layer."""
+    local = tl.arange(0, BM)[:, None] * WMAX
+    tl.debug_barrier()  # the previous call's last reads of the scratch are done
+    x_rows = x_ptr + pid_g.to(tl.int64) * sxg + (x_row0 + offs_m)[:, None].to(tl.int64) * sxm
+    for k0 in range(0, F, BK):
+        kk = k0 + tl.arange(0, BK)
+        v = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < F)[None, :], other=0.0)
+        tl.store(scr_ptr + local + kk[None, :], v.to(ACC), mask=(kk < F)[None, :])
+    tl.debug_barrier()
+    for layer in range(L):
+        k_dim = tl.load(dims_ptr + layer)
+        n_dim = tl.load(dims_ptr + layer + 1)
+        src = scr_ptr + (layer % 2) * BM * WMAX + local
+        dst = scr_ptr + ((layer + 1) % 2) * BM * WMAX + local
+        w_l = w_ptr + (pid_g * L + layer).to(tl.int64) * WO * WI
+        for n0 in range(0, n_dim, BN):
+            nn = n0 + tl.arange(0, BN)
+            acc = tl.zeros((BM, BN), dtype=ACC)
+            for k0 in range(0, k_dim, BK):
+                kk = k0 + tl.arange(0, BK)
+                w = tl.load(w_l + nn[:, None] * WI + kk[None, :],
+                            mask=(nn < n_dim)[:, None] & (kk < k_dim)[None, :], other=0.0)
+                a = tl.load(src + kk[None, :], mask=(kk < k_dim)[None, :], other=0.0)
+                acc = mma(a.to(w.dtype), tl.trans(w), acc, PRECISION, ACC)
+            b = tl.load(b_ptr + (pid_g * L + layer) * WO + nn, mask=nn < n_dim, other=0.0)
+            acc += b.to(ACC)[None, :]
+            h, _ = act_and_grad(acc, ACT)
+            h = tl.where(layer == L - 1, acc, h)  # the output layer has no activation
+            tl.store(dst + nn[None, :], h, mask=(nn < n_dim)[None, :])
+        tl.debug_barrier()  # layer's output complete before the next layer reads it
+    cols = tl.arange(0, DP)
+    return tl.load(scr_ptr + (L % 2) * BM * WMAX + local + cols[None, :],
+                   mask=(cols < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _mlp_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, scr_ptr, z_ptr, low_ptr, high_ptr, avail_ptr,
+                out_ptr, M, F, L, WO, WI, WMAX, D, sxg, sxm, w, step,
+                ACT: tl.constexpr, GUIDED: tl.constexpr, HAS_BOUNDS: tl.constexpr,
+                DISCRETE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr):
+    """Grid (M / BM, G): rows [pid * BM, +BM) of agent group pid_g; x holds the conditional
+    rows [0, M) and, when GUIDED, the null rows [M, 2M) of every group."""
+    pid_m, pid_g = tl.program_id(0), tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    m_ok = offs_m < M
+    scr = scr_ptr + (pid_g * tl.num_programs(0) + pid_m).to(tl.int64) * 2 * BM * WMAX
+    u_c = _mlp_rows(x_ptr, sxg, sxm, 0, F, w_ptr, b_ptr, dims_ptr, scr, pid_g, offs_m, m_ok,
+                    L, WO, WI, WMAX, D, ACT, ACC, PRECISION, BM, BN, BK, DP)
+    u_n = u_c
+    if GUIDED:
+        u_n = _mlp_rows(x_ptr, sxg, sxm, M, F, w_ptr, b_ptr, dims_ptr, scr, pid_g, offs_m, m_ok,
+                        L, WO, WI, WMAX, D, ACT, ACC, PRECISION, BM, BN, BK, DP)
+    cols = tl.arange(0, DP)
+    rows = pid_g * M + offs_m
+    ok = m_ok[:, None] & (cols < D)[None, :]
+    z = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0)
+    x = _guided_step(z.to(ACC), u_c, u_n, w, step, GUIDED)
+    best = tl.full((BM,), float("-inf"), dtype=ACC)
+    best_i = tl.full((BM,), -1, dtype=tl.int32)
+    best, best_i = _decode_store(x, rows, cols, 0, m_ok, ok, out_ptr, low_ptr, high_ptr,
+                                 avail_ptr, D, best, best_i, HAS_BOUNDS, DISCRETE)
+    if DISCRETE:
+        tl.store(out_ptr + rows, best_i.to(tl.int64), mask=m_ok)
+
+
+@triton_op("vgm2p_fast::triton_mlp_cfg_sample", mutates_args=())
+def _mlp_cfg_sample_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       dims: torch.Tensor, z: torch.Tensor, activation: str, guided: bool,
+                       guidance: float, step: float, low: torch.Tensor | None,
+                       high: torch.Tensor | None, avail: torch.Tensor | None, discrete: bool
+                       ) -> torch.Tensor:
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    z = z.contiguous()
+    avail = None if avail is None else avail.contiguous()
+    out = _out(z, discrete)
+    groups, n_layers, w_out, w_in = weight.shape
+    m, d = z.shape[-2], z.shape[-1]
+    if m == 0:
+        return out
+    width = max(w_out, w_in)
+    grid = (triton.cdiv(m, MLP["BM"]), groups)
+    acc = acc_dtype(x.dtype)
+    scratch = torch.empty((grid[0] * groups, 2, MLP["BM"], width),
+                          dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                          device=x.device)
+    sxg, sxm = (x.stride(0), x.stride(1)) if x.dim() == 3 else (0, x.stride(0))
+    wrap_triton(_mlp_kernel)[grid](
+        x, weight, bias, dims, scratch, z, z if low is None else low, z if high is None else high,
+        z if avail is None else avail, out, m, x.shape[-1], n_layers, w_out, w_in, width, d,
+        sxg, sxm, float(guidance), float(step),
+        ACT=ACT_IDS[activation], GUIDED=guided, HAS_BOUNDS=low is not None, DISCRETE=discrete,
+        ACC=acc, PRECISION=fp32_precision(x.dtype), BM=MLP["BM"], BN=MLP["BN"], BK=MLP["BK"],
+        DP=max(16, triton.next_power_of_2(d)), num_warps=MLP["num_warps"])
+    return out
+
+
+@_mlp_cfg_sample_op.register_fake
+def _mlp_cfg_sample_fake(x, weight, bias, dims, z, activation, guided, guidance, step, low,
+                         high, avail, discrete):
+    return _out(z, discrete)
+
+
+def mlp_cfg_sample(x: torch.Tensor, pack: MLPPack, z: torch.Tensor, activation: str, *,
+                   guided: bool = False, guidance: float = 1.0, step: float = 1.0,
+                   low: torch.Tensor | None = None, high: torch.Tensor | None = None,
+                   avail: torch.Tensor | None = None, discrete: bool = False) -> torch.Tensor:
+    """The whole policy MLP and the CFG sampling step in one launch (small batches).
+
+    ``u = MLP(x)`` with ``act`` after every layer but the last, then exactly
+    :func:`cfg_sample` on ``z`` and ``u`` (``u_c`` from the first half of the rows of ``x``,
+    ``u_null`` from the second half when ``guided``).
+
+    Args:
+        x: the first layer's input in the layer layout ``MeanFlowPolicy._run`` builds: shared
+            weights ``(R, in)``, per-agent ``(G, R, in)``; ``R = M``, or ``2 M`` when
+            ``guided`` (conditional rows first, then the null-token rows, as ``act`` stacks
+            them).
+        pack: :func:`pack_mlp` of the policy's weights and biases (same dtype as x).
+        z: ``(M, D)`` or ``(G, M, D)`` noise in the same layout.
+        activation: the hidden layers' activation (``silu``, ``relu``, ``gelu_tanh``).
+        guided, guidance, step, low, high, avail, discrete: as :func:`cfg_sample` (``avail``
+            in the layout of ``z``).
+
+    Returns:
+        ``(M, D)``/``(G, M, D)`` continuous actions or ``(M,)``/``(G, M)`` int64 ids.
+        Validation is the caller's (the policy's); inputs are assumed consistent.
+    """
+    return _mlp_cfg_sample_op(x, pack.weight, pack.bias, pack.dims, z, activation, guided,
+                              float(guidance), float(step), low, high, avail, discrete)

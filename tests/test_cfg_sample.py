@@ -102,3 +102,157 @@ def test_invalid_inputs_name_the_argument(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         cfg_sample(**args, backend="torch")
+
+
+# ---------------------------------------------------------------- triton (interpreter on CPU)
+triton = pytest.importorskip("triton", reason="the triton backend needs `pip install triton`")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: TRITON_INTERPRET=1 (conftest)
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (3, 1100)])  # 1100: rows wider than one tile
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("guided", "w", "step", "bounds"),
+                         [(True, 2.5, 1.0, True), (False, 1.0, 0.5, False)])
+def test_triton_continuous_matches_torch(shape, dtype, guided, w, step, bounds):
+    z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs(shape, dtype, seed=1))
+    kw = {"step": step, "low": low if bounds else None, "high": high if bounds else None}
+    got = cfg_sample(z, u_c, u_n if guided else None, w, **kw, backend="triton")
+    want = cfg_sample(z, u_c, u_n if guided else None, w, **kw, backend="torch")
+    assert got.dtype == dtype and got.shape == want.shape
+    tol = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (2, 5, 6), (4, 1100)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_discrete_matches_torch_masks_and_ties(shape, dtype):
+    z, u_c, u_n, _, _ = (a.to(DEVICE) for a in _inputs(shape, dtype, seed=2))
+    gen = torch.Generator().manual_seed(3)
+    avail = (torch.rand(shape, generator=gen) < 0.5).to(DEVICE)
+    avail[..., -1] = True
+    # a tie between two available actions, the first one must win (torch.argmax's rule);
+    # for the 1100-wide rows the tie spans the two 1024-wide chunks
+    avail[..., 1] = True
+    z[..., 1] = 50.0
+    z[..., -1] = 50.0
+    u_c[..., (1, -1)] = 0.0
+    u_n[..., (1, -1)] = 0.0
+    # the best raw score of row 0 sits on an unavailable action
+    avail[(0,) * (len(shape) - 1) + (0,)] = False
+    z[(0,) * (len(shape) - 1) + (0,)] = 1e4
+    got = cfg_sample(z, u_c, u_n, 2.0, avail=avail, discrete=True, backend="triton")
+    want = cfg_sample(z, u_c, u_n, 2.0, avail=avail, discrete=True, backend="torch")
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+    assert bool((got == 1).all())
+    assert bool(avail.gather(-1, got[..., None]).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_low_precision_within_reference_error(dtype, close_to_oracle):
+    z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs((37, 6), dtype, seed=4))
+    got = cfg_sample(z, u_c, u_n, 2.5, low=low, high=high, backend="triton")
+    ref = cfg_sample(z, u_c, u_n, 2.5, low=low, high=high, backend="torch")
+    close_to_oracle(got, ref, _oracle(z, u_c, u_n, 2.5, 1.0, low, high), "actions")
+    # discrete: where the float64 scores have a clear winner, both pick it
+    x = z.double() - (u_n.double() + 2.5 * (u_c.double() - u_n.double()))
+    top2 = x.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.1 * top2[:, 0].abs().clamp(min=1.0)
+    got_d = cfg_sample(z, u_c, u_n, 2.5, discrete=True, backend="triton")
+    assert bool(clear.any()) and torch.equal(got_d[clear], x.argmax(-1)[clear])
+
+
+def test_triton_op_registration_passes_opcheck():
+    from torch.library import opcheck
+
+    import vgm2p_fast.kernels.cfg_sample  # noqa: F401  (registers the ops)
+
+    z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs((5, 3), torch.float32))
+    opcheck(torch.ops.vgm2p_fast.triton_cfg_sample,
+            (z, u_c, u_n, 2.0, 1.0, low, high, None, False),
+            test_utils=("test_schema", "test_faketensor"))
+
+
+def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):
+    """Actions of ``policy.act`` (torch backend) and the input its MLP's first layer received:
+    the inputs mlp_cfg_sample takes are built by MeanFlowPolicy._run itself."""
+    from vgm2p_fast import _backend
+
+    captured, real = [], _backend.implementation
+
+    def spy(op, *args, **kwargs):
+        fn = real(op, *args, **kwargs)
+        if op != "linear_jvp":
+            return fn
+
+        def layer(x, w, b, dx, activation):
+            if w is policy.weights[0]:
+                captured.append(x)
+            return fn(x, w, b, dx, activation)
+
+        return layer
+
+    _backend.implementation = spy
+    try:
+        actions = policy.act(obs, avail, guidance=guidance, noise=z)
+    finally:
+        _backend.implementation = real
+    return actions, captured[-1]
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_mlp_cfg_sample_matches_policy_act(share, discrete, guidance):
+    """One launch for the whole MLP + sampling step == MeanFlowPolicy.act on torch."""
+    import vgm2p_fast as vf
+    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
+
+    torch.manual_seed(0)
+    batch, n, d = 3, 2, 5
+    policy = vf.MeanFlowPolicy(7, d, n, discrete=discrete, hidden_dims=(24, 70, 17),
+                               share_parameters=share, backend="torch").to(DEVICE)
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.randn(batch, n, 7, generator=gen).to(DEVICE)
+    z = torch.randn(batch, n, d, generator=gen).to(DEVICE)
+    avail = None
+    if discrete:
+        avail = (torch.rand(batch, n, d, generator=gen) < 0.5).to(DEVICE)
+        avail[..., 2] = True
+    want, x_in = _policy_act_and_first_layer_input(policy, obs, avail, guidance, z)
+    pack = pack_mlp(list(policy.weights), list(policy.biases))
+    assert mlp_fits(batch * n, pack)
+    bounds = {} if discrete else {"low": policy.action_low, "high": policy.action_high}
+    got = mlp_cfg_sample(x_in, pack, policy._layout(z), policy.activation,
+                         guided=guidance != 1.0, guidance=guidance, discrete=discrete,
+                         avail=None if avail is None else policy._layout(avail), **bounds)
+    got = got.reshape(batch, n, -1) if share else got.transpose(0, 1)  # the layout back
+    got = got.reshape(want.shape)
+    if discrete:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("discrete", [False, True])
+def test_policy_act_triton_matches_torch(share, discrete):
+    """MeanFlowPolicy.act with backend="triton" (layers + cfg_sample) vs "torch", guided."""
+    import vgm2p_fast as vf
+
+    outs = []
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        policy = vf.MeanFlowPolicy(4, 3, 2, discrete=discrete, hidden_dims=(20, 9),
+                                   share_parameters=share, backend=backend).to(DEVICE)
+        gen = torch.Generator().manual_seed(1)
+        obs = torch.randn(5, 2, 4, generator=gen).to(DEVICE)
+        avail = None
+        if discrete:
+            avail = (torch.rand(5, 2, 3, generator=gen) < 0.5).to(DEVICE)
+            avail[..., 0] = True
+        outs.append(policy.act(obs, avail, guidance=2.0,
+                               generator=torch.Generator(DEVICE).manual_seed(2)))
+    if discrete:
+        assert torch.equal(outs[0], outs[1])
+    else:
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
