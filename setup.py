@@ -40,15 +40,23 @@ def _torch_extension():
         and os.environ.get("VGM2P_BUILD_CUDA", "1") != "0"
     )
     cxx = ["-O3", "-std=c++17"]
+    link: list[str] = []
+    if sys.platform.startswith("linux") and torch._C.has_openmp:
+        # at::parallel_for is an inline template over `#pragma omp parallel` in torch's OpenMP
+        # builds (torch.__config__.parallel_info()): without -fopenmp it silently runs serially.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if use_cuda:
         ext = CUDAExtension(
             "vgm2p_fast._C",
             sources + cuda_sources,
             define_macros=[("VGM2P_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_link_args=link,
         )
     else:
-        ext = CppExtension("vgm2p_fast._C", sources, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("vgm2p_fast._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
 
     class OptionalBuildExtension(BuildExtension):
         """In auto mode a failed build leaves a working pure-Python install (torch references)."""
