@@ -26,11 +26,9 @@ _WIDEN_BF16_DOT = tl.constexpr(INTERPRET)
 # activation name -> constexpr id used inside the kernels
 ACT_IDS = {"identity": 0, "relu": 1, "silu": 2, "gelu_tanh": 3}
 
-TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
-             torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # pointer type names for triton.compile signatures (kernels/aot.py)
 SIG_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
-              torch.bfloat16: "bf16", torch.bool: "i1", torch.int64: "i64"}
+              torch.bfloat16: "bf16", torch.bool: "i1", torch.int32: "i32", torch.int64: "i64"}
 
 
 # Row kernels (meanflow_target_loss, cfg_sample): one (BLOCK_R, BLOCK_D) tile per program.

@@ -67,7 +67,9 @@ def configs(quick: bool = False) -> list[Config]:
     linear_jvp: every storage dtype x activation (forward) and dtype (backward, whose code does
     not depend on the activation beyond a multiply). Row kernels: every tile of ROW_BLOCK_DS,
     plus the multi-chunk path of rows wider than 1024, for float32 and bfloat16 (float16 and
-    float64 only change the load/store widths). ``quick``: bfloat16 and one tile per kernel.
+    float64 only change the load/store widths). mlp_cfg_sample: its one block table, guided,
+    GELU (the longest epilogue), both decodings (action dims <= 16 use DP = 16).
+    ``quick``: bfloat16, one activation and one tile per kernel.
     """
     dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16,
                                              torch.float64]
@@ -109,6 +111,18 @@ def configs(quick: bool = False) -> list[Config]:
                     {"HAS_NULL": True, "HAS_BOUNDS": not discrete, "DISCRETE": discrete,
                      **tile}, _common.ROW_NUM_WARPS,
                     {"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {}))
+    mlp = cfg_sample.MLP
+    for dt in row_dtypes:
+        for discrete in (False, True):
+            kind = "discrete" if discrete else "continuous"
+            out.append(Config(
+                f"mlp_cfg_sample[{kind},gelu_tanh,guided,{_short(dt)}]", cfg_sample._mlp_kernel,
+                dt, {"ACT": ACT_IDS["gelu_tanh"], "GUIDED": True, "HAS_BOUNDS": not discrete,
+                     "DISCRETE": discrete, "ACC": acc_dtype(dt),
+                     "PRECISION": _common.fp32_precision(dt), "BM": mlp["BM"], "BN": mlp["BN"],
+                     "BK": mlp["BK"], "DP": 16}, mlp["num_warps"],
+                {"dims_ptr": torch.int32, "scr_ptr": torch.float32,
+                 **({"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {})}))
     return out
 
 
