@@ -214,3 +214,52 @@ def test_triton_op_registration_passes_opcheck():
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     opcheck(torch.ops.vgm2p_fast.triton_linear_jvp, (x, w, b, dx, "silu", True),
             test_utils=utils)
+
+
+def _fused_step(x, w, b, dx, v_g, t, r):
+    """Layer -> loss -> sampling, every op on triton (the policy's training/acting ops)."""
+    from vgm2p_fast.kernels.cfg_sample import cfg_sample
+    from vgm2p_fast.kernels.linear_jvp import linear_jvp as layer
+    from vgm2p_fast.kernels.meanflow_target_loss import meanflow_target_loss
+
+    h, dh = layer(x, w, b, dx, "silu")
+    loss, _ = meanflow_target_loss(h, dh, v_g, t, r)
+    return loss.sum(), cfg_sample(h.detach(), dh, v_g, 2.0, 1.0)
+
+
+def _fused_inputs():
+    gen = torch.Generator().manual_seed(11)
+    mk = lambda *s: torch.randn(*s, generator=gen).to(DEVICE)  # noqa: E731
+    x, w = mk(5, 7).requires_grad_(), mk(6, 7).requires_grad_()
+    return x, w, mk(6), mk(5, 3), mk(6) * mk(5, 6), mk(5).abs(), mk(5).abs() * 0.1
+
+
+def test_triton_ops_stay_whole_under_torch_compile_fullgraph():
+    """fullgraph=True captures each op as one node (no graph break, fake kernels give the
+    shapes); the captured graph runs to the eager results, gradients included. Under the
+    interpreter only dynamo's capture is exercised; inductor's lowering needs CUDA (below)."""
+    graphs = []
+
+    def capture(gm, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    args = _fused_inputs()
+    got = torch.compile(_fused_step, fullgraph=True, backend=capture)(*args)
+    want = _fused_step(*args)
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    for op in ("triton_linear_jvp", "triton_meanflow_target_loss", "triton_cfg_sample"):
+        assert f"vgm2p_fast.{op}.default" in ops
+    torch.testing.assert_close(got, want)
+    (grad_got,) = torch.autograd.grad(got[0], args[0])
+    (grad_want,) = torch.autograd.grad(want[0], args[0])
+    torch.testing.assert_close(grad_got, grad_want)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor lowers triton_op to the "
+                    "user kernels only on CUDA; this machine has no GPU")
+def test_triton_ops_under_inductor_on_cuda():
+    args = _fused_inputs()
+    got = torch.compile(_fused_step, fullgraph=True)(*args)
+    torch.testing.assert_close(got, _fused_step(*args))
