@@ -39,7 +39,9 @@ def _torch_extension():
         and CUDA_HOME is not None
         and os.environ.get("VGM2P_BUILD_CUDA", "1") != "0"
     )
-    cxx = ["-O3", "-std=c++17"]
+    # No -std flag: BuildExtension adds the standard torch's headers need (C++20 since torch
+    # 2.13; an explicit -std=c++17 placed after it breaks nvcc on torch 2.14's intrusive_ptr.h).
+    cxx = ["-O3"]
     link: list[str] = []
     if sys.platform.startswith("linux") and torch._C.has_openmp:
         # at::parallel_for is an inline template over `#pragma omp parallel` in torch's OpenMP
@@ -51,7 +53,7 @@ def _torch_extension():
             "vgm2p_fast._C",
             sources + cuda_sources,
             define_macros=[("VGM2P_WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=link,
         )
     else:

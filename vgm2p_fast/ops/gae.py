@@ -9,18 +9,59 @@ truncated step still bootstraps from ``next_value``. Same semantics as TorchRL's
 ``generalized_advantage_estimate``. Time is the last dimension; any leading dims are independent
 sequences. A flat dataset (episodes back to back, boundaries marked by ``done``) is one
 ``(T_total,)`` sequence: the cut at each ``done`` keeps episodes independent without padding.
+
+Masks count as set where they are non-zero, and act by selection rather than by multiplying with
+``1 - mask``: a NaN/inf in one episode (a garbage ``next_value`` after a terminal, say) never
+reaches another episode, since ``0 * nan`` would be ``nan``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._backend import implementation
+from .._backend import _load_ext, implementation
 from .._checks import check_same_shape, check_tensor
 
 IMPLEMENTED = ("torch", "ext")
 _VALUE_DTYPES = (torch.float32, torch.float64)
 _MASK_DTYPES = (torch.bool, torch.uint8, torch.float32, torch.float64)
+# Steps the reference scans with a Python loop inside each chunk; the chunk heads form the same
+# recurrence with coefficient (gamma lam)^32, solved recursively. For T = 1000 that is 32 + 32
+# vectorised steps instead of 1000; for a flat 4M-step dataset 32 per level, 5 levels.
+_CHUNK = 32
+
+
+def _scan(a: torch.Tensor, link: torch.Tensor, c: float) -> torch.Tensor:
+    """``x_t = a_t + c x_{t+1}`` where ``link_t``, else ``x_t = a_t`` (``x_T = 0``), over the last
+    dim. a: (..., T) float; link: (..., T) bool. Chunked: a loop over the ``_CHUNK`` steps of
+    every chunk at once, then the chunk heads by recursion, then one fix-up of the chunks' tails.
+    """
+    T = a.shape[-1]
+    n = -(-T // _CHUNK)
+    pad = n * _CHUNK - T
+
+    def step_major(y: torch.Tensor, fill: float | bool) -> torch.Tensor:
+        # (..., T) -> (_CHUNK, ..., n): the loop below then reads and writes contiguous slices
+        # (strided slices made it ~5x slower at (4096, 1000)).
+        y = torch.nn.functional.pad(y, (0, pad), value=fill).unflatten(-1, (n, _CHUNK))
+        return y.movedim(-1, 0).contiguous()
+
+    a, link = step_major(a, 0.0), step_major(link, False)
+    x = torch.empty_like(a)
+    # reach[t]: no cut from step t to the chunk's end, so the next chunk's head enters x_t with
+    # weight c^(_CHUNK - t).
+    reach = torch.empty_like(link)
+    x[-1], reach[-1] = a[-1], link[-1]
+    for t in range(_CHUNK - 2, -1, -1):
+        x[t] = torch.where(link[t], a[t] + c * x[t + 1], a[t])
+        reach[t] = reach[t + 1] & link[t]
+    if n > 1:
+        heads = _scan(x[0], reach[0], c**_CHUNK)
+        nxt = torch.nn.functional.pad(heads[..., 1:], (0, 1))
+        steps = torch.arange(_CHUNK, 0, -1, dtype=a.dtype, device=a.device)
+        weight = (c**steps).view(_CHUNK, *([1] * nxt.dim()))
+        x = torch.where(reach, x + weight * nxt, x)
+    return x.movedim(0, -1).flatten(-2)[..., :T].contiguous()
 
 
 def gae_ref(
@@ -32,15 +73,10 @@ def gae_ref(
     gamma: float,
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch reference: a reverse loop over T, vectorised over the leading dims."""
-    not_term = 1.0 - terminal.to(reward.dtype)
-    carry = gamma * lam * (1.0 - done.to(reward.dtype))
-    delta = reward + gamma * not_term * next_value - value
-    adv = torch.empty_like(delta)
-    acc = torch.zeros_like(delta[..., 0])
-    for i in range(delta.shape[-1] - 1, -1, -1):
-        acc = delta[..., i] + carry[..., i] * acc
-        adv[..., i] = acc
+    """Pure-torch reference, vectorised over the leading dims and over T (chunked scan, see
+    :func:`_scan`); same contract as :func:`gae`, without the checks."""
+    delta = torch.where(terminal != 0, reward, reward + gamma * next_value) - value
+    adv = _scan(delta, done == 0, gamma * lam)
     return adv, adv + value
 
 
@@ -58,14 +94,18 @@ def gae(
     """Advantages and lambda-returns for sequences with time last.
 
     Args:
-        reward, value, next_value: (..., T) float32 or float64, same dtype.
-        done: (..., T) bool/uint8/float; 1 where the trace is cut (terminal or truncation).
-        terminal: (..., T) bool/uint8/float; 1 where the episode ended without bootstrap.
+        reward, value, next_value: (..., T) float32 or float64, same dtype; any strides
+            (the extension copies non-contiguous inputs once).
+        done: (..., T) bool/uint8/float32/float64; non-zero where the trace is cut (terminal or
+            truncation).
+        terminal: (..., T) bool/uint8/float32/float64; non-zero where the episode ended without
+            bootstrap.
         gamma: discount in [0, 1]; lam: GAE lambda in [0, 1].
         backend: ``auto`` (default: the extension when built), ``torch`` or ``ext``.
 
     Returns:
-        ``advantage`` (..., T) and ``lambda_return = advantage + value`` (..., T), no autograd.
+        ``advantage`` (..., T) and ``lambda_return = advantage + value`` (..., T), both new
+        contiguous tensors of the value dtype; no autograd (they are regression targets).
     """
     names = ("reward", "value", "next_value", "done", "terminal")
     tensors = (reward, value, next_value, done, terminal)
@@ -80,3 +120,11 @@ def gae(
     with torch.no_grad():
         fn = implementation("gae", IMPLEMENTED, reward.device, backend, gae_ref)
         return fn(reward, value, next_value, done, terminal, float(gamma), float(lam))
+
+
+if _load_ext()[0] is not None:
+    # Shapes for tracing (torch.compile, opcheck): two new contiguous tensors like reward.
+    @torch.library.register_fake("vgm2p_fast::gae")
+    def _gae_fake(reward, value, next_value, done, terminal, gamma, lam):
+        out = torch.empty_like(reward, memory_format=torch.contiguous_format)
+        return out, torch.empty_like(out)
