@@ -18,8 +18,9 @@ hidden layer with a full tangent; roofline on an H100 SXM: 3.35 TB/s, ~990 dense
   act' when training) out = 12.6 + 12.6 + 0.1 + 25.2 (+ 12.6) MB = 50.5 (63.1) MB -> 15 (19) us.
   Memory-bound: estimate ~19 us. The unfused torch path moves ~10 tensors of M x 256 (matmul,
   act, tangent matmul, act', product) ~ 126 MB -> ~38 us, plus 5-6 launches.
-- backward: dx and dW are 2 x 2 M in out = 6.4 GFLOP; bytes g_h + act' + x + W in (twice for the
-  two kernels) + dx out ~ 88 MB -> ~26 us (memory-bound).
+- backward: dx and dW are 2 x 2 M in out = 6.4 GFLOP (6.5 us); bytes: dx kernel g_h + act' in,
+  dx out = 37.8 MB; dW kernel g_h + act' + x in, ~17 float32 partials out = 42 MB; ~80 MB in
+  all -> ~24 us (memory-bound).
 
 These are estimates from byte and FLOP counts, not measurements: no GPU was available here.
 ``benchmarks/bench_linear_jvp.py`` has the CUDA cases that measure them.
