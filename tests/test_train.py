@@ -99,14 +99,16 @@ def test_tokens():
 # ------------------------------------------------------------------ trainer
 
 
-@pytest.mark.parametrize(("discrete", "condition", "advantage"),
-                         [(False, "binary", "gae"), (True, "quantile", "iql"),
-                          (False, "none", "gae")])
-def test_train_writes_every_output(tmp_path, discrete, condition, advantage):
+@pytest.mark.parametrize(("discrete", "condition", "advantage", "policy_loss"),
+                         [(False, "binary", "gae", "meanflow"),
+                          (True, "quantile", "iql", "meanflow"),
+                          (False, "none", "gae", "flow_matching")])
+def test_train_writes_every_output(tmp_path, discrete, condition, advantage, policy_loss):
     data = _write(tmp_path / "d.h5", discrete=discrete)
     cfg = TrainConfig(dataset=str(data), out=str(tmp_path / "run"), steps=30, value_warmup=10,
                       refresh_every=20, hidden_dims=(32,), value_hidden=(32,), batch_size=32,
-                      log_every=10, eval_episodes=0, condition=condition, advantage=advantage)
+                      log_every=10, eval_episodes=0, condition=condition, advantage=advantage,
+                      policy_loss=policy_loss, eval_steps=1 if policy_loss == "meanflow" else 4)
     summary = train(cfg, progress=False)
     out = tmp_path / "run"
     for name in ("summary.json", "metrics.jsonl", "learning_curve.png", "policy.pt",
@@ -125,6 +127,7 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage):
     assert any("loss" in r for r in rows) and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
     policy = vf.MeanFlowPolicy.load(out / "policy.pt")
     assert policy.metadata["env"] == load_dataset(data).env
+    assert policy.metadata["mean_velocity"] == (policy_loss == "meanflow")
     obs = torch.randn(3, 2, 5)
     a = policy(obs, torch.ones(3, 2, 4, dtype=torch.bool) if discrete else None)
     assert a.shape == ((3, 2) if discrete else (3, 2, 3))

@@ -108,7 +108,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = args.env or policy.metadata.get("env")
     if not env:
         raise ValueError("--env: the checkpoint does not record its environment; pass --env")
-    res = evaluate_policy(policy, env, args.episodes, args.seed, args.guidance)
+    meta = policy.metadata
+    res = evaluate_policy(policy, env, args.episodes, args.seed, args.guidance,
+                          args.steps or meta.get("eval_steps", 1),
+                          meta.get("mean_velocity", True))
     if args.json:
         print(json.dumps(res))
     else:
@@ -150,6 +153,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", help="environment spec (default: the one the policy was trained for)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0, help="test-time guidance w")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps (default: what the run was trained to use, 1 for VGM²P)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -471,8 +471,8 @@ class MeanFlowPolicy(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None, *,
             cond: torch.Tensor | int | None = None, guidance: float = 1.0, n_steps: int = 1,
-            noise: torch.Tensor | None = None, generator: torch.Generator | None = None
-            ) -> torch.Tensor:
+            noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+            mean_velocity: bool = True) -> torch.Tensor:
         """Sample actions with ``n_steps`` network evaluations (1 by default).
 
         Args:
@@ -482,6 +482,9 @@ class MeanFlowPolicy(nn.Module):
             guidance: test-time guidance w: u = u_null + w (u_c - u_null) (1 = off; otherwise
                 the cond and null passes run stacked as one batch).
             n_steps: sampling steps (> 1 only for ablations).
+            mean_velocity: step with the average velocity u(z, r, t) over each step (MeanFlow);
+                False steps with the instantaneous one u(z, t, t), as a plain flow-matching
+                policy (``flow_matching_loss``) must be sampled (Euler, several steps).
             noise: [B, N, D] initial noise e, or None to draw it (from ``generator``).
 
         Returns:
@@ -514,7 +517,8 @@ class MeanFlowPolicy(nn.Module):
         def velocities(t_val: float, r_val: float):
             zz = torch.cat([z, z]) if guided else z
             t = torch.full(zz.shape[:2], t_val, device=dev, dtype=dtype)
-            r = torch.full(zz.shape[:2], r_val, device=dev, dtype=dtype)
+            r = torch.full(zz.shape[:2], r_val if mean_velocity else t_val, device=dev,
+                           dtype=dtype)
             u = self._run(zz, r, t, obs, cond)[0]
             return u.chunk(2) if guided else (u, None)
 

@@ -60,6 +60,8 @@ class TrainConfig:
     hidden_dims: tuple[int, ...] = (256, 256, 256)
     share_parameters: bool = True
     condition: str = "binary"          # binary | quantile | none (plain MeanFlow BC)
+    policy_loss: str = "meanflow"      # meanflow | flow_matching (the plain flow-matching baseline)
+    eval_steps: int = 1                # sampling steps at evaluation (flow matching needs ~10)
     n_bins: int = 4                    # quantile bins
     guidance: float = 2.0              # effective CFG scale omega / (1 - kappa)
     kappa: float = 0.5
@@ -83,6 +85,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.condition not in CONDITIONS:
             raise ValueError(f"condition: expected one of {CONDITIONS}, found {self.condition!r}")
+        if self.policy_loss not in ("meanflow", "flow_matching"):
+            raise ValueError(f"policy_loss: expected meanflow or flow_matching, found "
+                             f"{self.policy_loss!r}")
+        if self.eval_steps < 1:
+            raise ValueError(f"eval_steps: expected >= 1, found {self.eval_steps}")
         if self.advantage not in ("gae", "iql"):
             raise ValueError(f"advantage: expected gae or iql, found {self.advantage!r}")
         for name in ("steps", "value_warmup", "eval_episodes"):
@@ -109,17 +116,19 @@ class TrainConfig:
 class _Objective(nn.Module):
     """Policy + critic behind one forward, so DistributedDataParallel sees every gradient."""
 
-    def __init__(self, policy: MeanFlowPolicy, critic: ValueGuidance) -> None:
+    def __init__(self, policy: MeanFlowPolicy, critic: ValueGuidance, policy_loss: str) -> None:
         super().__init__()
         self.policy, self.critic = policy, critic
+        self.policy_loss = (policy.meanflow_loss if policy_loss == "meanflow"
+                            else policy.flow_matching_loss)
 
     def forward(self, batch: dict[str, torch.Tensor], returns: torch.Tensor | None,
                 joint: torch.Tensor | None, cond: torch.Tensor | None, train_policy: bool,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, info = self.critic.loss(batch, returns, joint)
         if train_policy:
-            p_loss, p_info = self.policy.meanflow_loss(batch["observations"], batch["actions"],
-                                                       cond, generator=generator)
+            p_loss, p_info = self.policy_loss(batch["observations"], batch["actions"], cond,
+                                              generator=generator)
             loss = loss + p_loss
             info.update(p_info)
         return loss, info
@@ -237,9 +246,10 @@ def _plot_curve(out: Path) -> None:
 
 
 def evaluate_policy(policy: MeanFlowPolicy, env: str, episodes: int, seed: int,
-                    guidance: float = 1.0) -> dict[str, Any]:
-    """Roll the policy out in ``env`` (``vgm2p_fast.envs``), decentralised, one network
-    evaluation per agent and step under the advantageous token."""
+                    guidance: float = 1.0, n_steps: int = 1,
+                    mean_velocity: bool = True) -> dict[str, Any]:
+    """Roll the policy out in ``env`` (``vgm2p_fast.envs``), decentralised, under the
+    advantageous token: ``n_steps`` network evaluations per agent and step (1 for MeanFlow)."""
     from .envs import evaluate
 
     policy = policy.eval()
@@ -249,7 +259,8 @@ def evaluate_policy(policy: MeanFlowPolicy, env: str, episodes: int, seed: int,
         obs = torch.as_tensor(obs, dtype=dtype, device=dev)
         if avail is not None:
             avail = torch.as_tensor(avail, dtype=torch.bool, device=dev)
-        return policy.act(obs, avail, guidance=guidance).cpu()
+        return policy.act(obs, avail, guidance=guidance, n_steps=n_steps,
+                          mean_velocity=mean_velocity).cpu()
 
     return evaluate(act, env, episodes, seed=seed)
 
@@ -285,7 +296,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     p_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     c_opt = torch.optim.AdamW(critic.parameters(), lr=cfg.value_lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-    objective = _Objective(policy, critic)
+    objective = _Objective(policy, critic, cfg.policy_loss)
     model: nn.Module = objective
     if distributed:
         model = nn.parallel.DistributedDataParallel(
@@ -383,7 +394,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     if distributed:
         summary["ddp_max_weight_divergence"] = _divergence(policy)
     if main_rank:
-        ema.save(out / "policy.pt", metadata={"env": env, "dataset": ds.source})
+        ema.save(out / "policy.pt", metadata={"env": env, "dataset": ds.source,
+                                              "eval_steps": cfg.eval_steps,
+                                              "mean_velocity": cfg.policy_loss == "meanflow"})
         summary.update(_final_eval(ema, env, cfg))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         _plot_curve(out)
@@ -409,7 +422,8 @@ def _final_eval(policy: MeanFlowPolicy, env: str, cfg: TrainConfig) -> dict[str,
     if cfg.eval_episodes == 0:
         return {"eval_return_mean": None, "eval_return_std": None, "eval_skipped": "episodes=0"}
     try:
-        res = evaluate_policy(policy, env, cfg.eval_episodes, cfg.seed, cfg.test_guidance)
+        res = evaluate_policy(policy, env, cfg.eval_episodes, cfg.seed, cfg.test_guidance,
+                              cfg.eval_steps, mean_velocity=cfg.policy_loss == "meanflow")
     except EnvUnavailableError as exc:
         print(f"vgm2p: evaluation skipped: {exc}", file=sys.stderr)
         return {"eval_return_mean": None, "eval_return_std": None, "eval_skipped": str(exc)}
