@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import io
 import os
 import re
 import sys
@@ -91,15 +92,20 @@ def parse_env_spec(spec: str) -> tuple[str, str]:
 
 def _import(family: str, module: str) -> Any:
     """Import an optional dependency, or raise EnvUnavailableError with the install command."""
+    printed = io.StringIO()
     try:
-        with warnings.catch_warnings():
-            # gymnasium-robotics warns about Adroit reward versions on import: not ours to fix.
-            warnings.simplefilter("ignore")
+        with contextlib.redirect_stderr(printed):
             return importlib.import_module(module)
     except ImportError as exc:
         raise EnvUnavailableError(
             f"{family} environments need the package {_PACKAGES[family]} ({module} is not "
             f"importable: {exc}); install the extra with `{INSTALL_HINT}`") from exc
+    finally:
+        # gymnasium-robotics 1.4.2 prints a notice about Adroit reward versions on import
+        # (farama_notifications): not about MaMuJoCo, so drop it; pass anything else on.
+        kept = [line for line in printed.getvalue().splitlines(keepends=True)
+                if "AdroitHand" not in line]
+        sys.stderr.write("".join(kept))
 
 
 @contextlib.contextmanager

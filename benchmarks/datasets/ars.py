@@ -2,9 +2,9 @@
 
 The policy is ``a = clip(M (o - mean) / std, -1, 1)`` on a single-agent gymnasium MuJoCo task
 (``HalfCheetah-v5``); the running observation statistics are part of the policy. It is the
-quick behaviour policy of the bundled dataset: on this 2-core CPU, ~100 iterations of 16
-directions (3,200 episodes of 1,000 steps... see the dataset card for the measured numbers)
-take a few minutes of one core and reach a return that clearly separates from random play.
+quick behaviour policy of the bundled dataset: 100 iterations of 16 directions (3,200 episodes
+of 1,000 steps) took 143 s of one core here and reach a return of ~2,600, against ~-300 for
+random play (numbers in ``cards/halfcheetah-2x3-small.md``).
 
     python benchmarks/datasets/ars.py --env HalfCheetah-v5 --iterations 100 \
         --out benchmarks/datasets/policies/halfcheetah-v5-ars.npz
@@ -69,7 +69,7 @@ class RunningStat:
     @property
     def std(self) -> np.ndarray:
         var = self.m2 / max(self.n - 1, 1)
-        # 1e-2 floor: a coordinate that never moved (std 0) must not blow the input up.
+        # std floor 1e-2: a coordinate that never moved (std 0) must not blow the input up.
         return np.sqrt(np.maximum(var, 1e-4))
 
 
