@@ -221,6 +221,40 @@ def test_mamujoco_rejects_bad_actions():
         envs.env_info("mamujoco/NoSuchRobot-2x3")
 
 
+@needs_mamujoco
+def test_bundled_dataset_was_recorded_from_this_environment():
+    """The bundled file's first episode replays on today's env: sizes, bounds, reset, dynamics.
+
+    It is group 0 of the generator, i.e. rollout(seed=0), episode 0 (benchmarks/datasets/
+    mamujoco.py). A MuJoCo or gymnasium-robotics change that alters what evaluation sees
+    fails here.
+    """
+    from gymnasium_robotics import mamujoco_v1
+
+    from vgm2p_fast.datasets import load_dataset
+
+    ds = load_dataset("halfcheetah-2x3-small")
+    info = envs.env_info(ds.env)
+    assert ds.env == "mamujoco/HalfCheetah-2x3"
+    assert tuple(ds.observations.shape[1:]) == (info["n_agents"], info["obs_dim"])
+    assert ds.states.shape[1] == info["state_dim"]
+    assert tuple(ds.actions.shape[1:]) == (info["n_agents"], info["action_dim"])
+    assert ds.action_low.tolist() == info["action_low"]
+    assert ds.action_high.tolist() == info["action_high"]
+    with envs.quiet_mujoco_compile():
+        raw = mamujoco_v1.parallel_env("HalfCheetah", "2x3")
+    obs, _ = raw.reset(seed=envs._episode_seed(0, 0))
+    agents = raw.possible_agents
+    low, high = ds.action_low.double().numpy(), ds.action_high.double().numpy()
+    env_actions = low + (ds.actions.double().numpy() + 1) / 2 * (high - low)
+    for t in range(50):
+        np.testing.assert_allclose(ds.observations[t].numpy(),
+                                   np.stack([obs[a] for a in agents]), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(ds.states[t].numpy(), raw.state(), rtol=1e-3, atol=1e-3)
+        obs, r, *_ = raw.step({a: env_actions[t, i] for i, a in enumerate(agents)})
+        assert float(ds.rewards[t]) == pytest.approx(r[agents[0]], rel=1e-3, abs=1e-3)
+
+
 # ---------------------------------------------------------------------------------- SMAX
 @needs_smax
 def test_smax_env_info():
