@@ -1,0 +1,102 @@
+"""Speed of ``gae`` on 4M transitions (float32 values, bool masks), two layouts:
+
+- ``batched``: (4096, 1000), every row one episode (done at its last step, terminal on half of
+  them) plus random truncations (rate 1e-3);
+- ``flat``: one (4_096_000,) sequence of 4000 episodes of random lengths (the dataset layout
+  the training pipeline scans, DESIGN 1.1).
+
+Cases per layout: the extension (``ext``), the chunked torch reference (``gae_ref``), a Python
+loop over the transitions, TorchRL's ``vec_generalized_advantage_estimate`` when installed, and
+``memcpy``: one copy of the 14 bytes a transition the op must read (3 x float32 + 2 x bool) into
+a preallocated buffer, the physical floor. Goals on CPU, one run (README): ext <= 3x memcpy,
+and >= 10x faster than TorchRL's vectorised GAE.
+Run: ``pytest benchmarks/bench_gae.py --benchmark-only``. Under ``--benchmark-disable`` (the CI
+smoke) the layouts shrink to 64k transitions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vgm2p_fast.ops import gae, gae_ref
+
+GAMMA, LAM = 0.99, 0.95
+CASES = ["ext", "gae_ref", "python_loop", "torchrl_vec", "memcpy"]
+
+
+def _inputs(layout: str, smoke: bool):
+    """reward, value, next_value, done, terminal for one layout."""
+    g = torch.Generator().manual_seed(0)
+    rows, T = (64, 1000) if smoke else (4096, 1000)
+    shape = (rows, T) if layout == "batched" else (rows * T,)
+    r, v, nv = (torch.randn(shape, generator=g) for _ in range(3))
+    if layout == "batched":
+        done = torch.rand(shape, generator=g) < 1e-3
+        done[:, -1] = True
+        term = done & (torch.rand(shape, generator=g) < 0.5)
+        term[:, -1] = torch.rand(rows, generator=g) < 0.5
+    else:
+        episodes = rows * T // 1024  # 4000 episodes (62 in the smoke run)
+        ends = torch.randperm(rows * T - 1, generator=g)[: episodes - 1].sort().values
+        done = torch.zeros(shape, dtype=torch.bool)
+        done[ends] = True
+        done[-1] = True
+        term = done & (torch.rand(shape, generator=g) < 0.5)
+    return r, v, nv, done, term
+
+
+def _python_loop(r, v, nv, done, term):
+    """The loop a user would write first: floats, one transition at a time."""
+    T = r.shape[-1]
+    rows = [x.reshape(-1, T).tolist() for x in (r, v, nv, done, term)]
+    gl = GAMMA * LAM
+    adv = []
+    for rr, vv, nn, dd, tt in zip(*rows):
+        out, acc = [0.0] * T, 0.0
+        for t in range(T - 1, -1, -1):
+            delta = rr[t] + (0.0 if tt[t] else GAMMA * nn[t]) - vv[t]
+            acc = delta if dd[t] else delta + gl * acc
+            out[t] = acc
+        adv.append(out)
+    a = torch.tensor(adv, dtype=r.dtype).reshape(r.shape)
+    return a, a + v
+
+
+def _runner(case: str, args):
+    if case == "ext":
+        return lambda: gae(*args, GAMMA, LAM, backend="ext")
+    if case == "gae_ref":
+        return lambda: gae_ref(*args, GAMMA, LAM)
+    if case == "python_loop":
+        return lambda: _python_loop(*args)
+    if case == "torchrl_vec":
+        functional = pytest.importorskip(
+            "torchrl.objectives.value.functional",
+            reason="torchrl is not installed (optional: pip install torchrl)")
+        # TorchRL wants (..., T, 1) with time at -2; the flat layout is one row.
+        tr = tuple(x.reshape(-1, x.shape[-1], 1) for x in args)
+        return lambda: functional.vec_generalized_advantage_estimate(
+            GAMMA, LAM, tr[1], tr[2], tr[0], tr[3], tr[4], time_dim=-2)
+    # memcpy: the bytes the op reads, copied once into a preallocated buffer.
+    nbytes = sum(x.numel() * x.element_size() for x in args)
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout", ["batched", "flat"])
+def test_gae(benchmark, layout, case):
+    benchmark.group = f"gae-{layout}-4M"
+    args = _inputs(layout, smoke=benchmark.disabled)
+    fn = _runner(case, args)
+    if case in ("python_loop", "torchrl_vec") and not benchmark.disabled:
+        # seconds a call: one round is enough for a >= 10x comparison
+        out = benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    else:
+        out = benchmark(fn)
+    if case != "memcpy":
+        adv = out[0].reshape(args[0].shape)
+        want = gae(*args, GAMMA, LAM, backend="torch")[0]
+        torch.testing.assert_close(adv, want, rtol=1e-4, atol=1e-4)
