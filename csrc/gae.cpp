@@ -180,9 +180,12 @@ void gae_cpu_kernel(const at::Tensor& reward, const at::Tensor& value,
       if (same && count == K) {
         scan_rows_interleaved<K>(r, v, nv, d, term, g, gl, base, len[0], a, rt, open_k);
       } else {
+        // Ragged packs (a row's shorter last segment, the leftover rows) run the CUDA kernels'
+        // per-segment scan, which the CPU tests thereby cover too.
         for (int j = 0; j < count; ++j) {
-          scan_rows_interleaved<1>(r, v, nv, d, term, g, gl, base + j, len[j], a, rt,
-                                   open_k + j);
+          const int64_t o = base[j];
+          open_k[j] = scan_segment(r + o, v + o, nv + o, d + o, term + o, g, gl, int64_t(0),
+                                   len[j], a + o, rt + o);
         }
       }
       for (int j = 0; j < count; ++j) {

@@ -44,8 +44,8 @@ VGM2P_HD scalar_t gae_step(scalar_t delta, bool cut, scalar_t gl, scalar_t next)
   return cut ? delta : delta + gl * next;
 }
 
-// Pass 1 on [t0, t1) of one contiguous row (the CUDA kernels' form; the CPU kernel runs the
-// same steps on blocks of interleaved rows). Local A with zero carry-in; returns true when no
+// Pass 1 on [t0, t1) of one contiguous row: one CUDA thread's work, and the CPU kernel's for
+// segments it cannot interleave (it interleaves K equal-length segments otherwise). Local A with zero carry-in; returns true when no
 // done lies in [t0, t1), that is when the carry from t1 reaches t0 (adv[t0] is then the head).
 template <typename scalar_t, typename mask_t>
 VGM2P_HD bool scan_segment(const scalar_t* __restrict__ r, const scalar_t* __restrict__ v,
