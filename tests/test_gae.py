@@ -6,6 +6,8 @@ one episode stays there (the op's documented semantics).
 """
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -216,6 +218,26 @@ def test_extension_is_built_unless_disabled():
     if os.environ.get("VGM2P_BUILD_EXT") == "0":
         pytest.skip("VGM2P_BUILD_EXT=0: pure-Python install by request")
     assert EXT_OK, EXT_WHY
+
+
+def test_works_without_the_extension():
+    """A pure-Python install (no vgm2p_fast._C) imports and runs gae on the torch reference."""
+    code = (
+        "import sys; sys.modules['vgm2p_fast._C'] = None\n"  # import of _C raises ImportError
+        "import torch, vgm2p_fast as vf\n"
+        "from vgm2p_fast import _backend\n"
+        "x = torch.randn(2, 5); d = torch.zeros(2, 5, dtype=torch.bool)\n"
+        "a, r = vf.ops.gae(x, x, x, d, d)\n"
+        "assert _backend.resolve('gae', ('torch', 'ext'), torch.device('cpu')) == 'torch'\n"
+        "try:\n"
+        "    vf.ops.gae(x, x, x, d, d, backend='ext')\n"
+        "except vf.BackendUnavailableError as e:\n"
+        "    print('ok', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
+    assert "not importable" in out.stdout
 
 
 @pytest.mark.skipif(not EXT_OK, reason=f"no extension: {EXT_WHY}")
