@@ -14,7 +14,8 @@
 //   carry  (sequential per row)      carry_row: full A at each segment's start, right to left;
 //   pass 2 (parallel over segments)  fix_segment: add gl^(t1-t) * carry to the tail of the
 //                                    segment that the trace from t1 reaches (after its last done).
-// With one segment per row (rows >= threads) only pass 1 runs.
+// With one segment per row (many rows: >= 3 x threads on CPU, >= 65536 on CUDA) only pass 1
+// runs.
 #pragma once
 
 #include <cstdint>
