@@ -98,18 +98,22 @@ def test_torchrl_actor_on_tensordicts_and_compiled():
     actor = MeanFlowActor(policy, mask_key=("agents", "action_mask"))
     assert actor.in_keys == [("agents", "observation"), ("agents", "action_mask")]
     assert actor.out_keys == [("agents", "action")]
-    mask = torch.rand(6, 3, 9) < 0.3
-    mask[..., 4] = True
-    td = TensorDict({("agents", "observation"): torch.randn(6, 3, 18),
-                     ("agents", "action_mask"): mask}, [6])
-    torch.manual_seed(3)
-    eager = actor(td.clone())["agents", "action"]
-    assert eager.shape == (6, 3) and mask.gather(-1, eager.unsqueeze(-1)).all()
     # torch.compile traces the actor (the policy's input checks are graph breaks, not errors);
     # the "eager" backend keeps this a tracing check that costs seconds, not an inductor build.
+    # Three batch sizes: the second recompiles with a symbolic batch size, which is where
+    # `torch.randn(..., generator=None)` used to fail (see act_batched).
     compiled = torch.compile(actor, backend="eager")
-    torch.manual_seed(3)
-    torch.testing.assert_close(compiled(td.clone())["agents", "action"], eager, rtol=0, atol=0)
+    for batch in (6, 4, 9):
+        mask = torch.rand(batch, 3, 9) < 0.3
+        mask[..., 4] = True
+        td = TensorDict({("agents", "observation"): torch.randn(batch, 3, 18),
+                         ("agents", "action_mask"): mask}, [batch])
+        torch.manual_seed(3)
+        eager = actor(td.clone())["agents", "action"]
+        assert eager.shape == (batch, 3) and mask.gather(-1, eager.unsqueeze(-1)).all()
+        torch.manual_seed(3)
+        got = compiled(td.clone())["agents", "action"]
+        torch.testing.assert_close(got, eager, rtol=0, atol=0)
     with pytest.raises(ValueError, match="mask_key: expected None for a continuous policy"):
         MeanFlowActor(_policy(False), mask_key=("agents", "action_mask"))
     with pytest.raises(ValueError, match="in_keys: expected exactly one key"):

@@ -69,5 +69,12 @@ def act_batched(policy: MeanFlowPolicy, obs: torch.Tensor,
         if avail_actions.dtype != torch.bool:
             avail_actions = avail_actions != 0
         avail_actions = avail_actions.reshape(-1, n, policy.action_dim).to(ref.device)
-    actions = policy.act(flat, avail_actions, guidance=guidance, generator=generator)
+    # The noise is drawn here, as policy.act would draw it (same RNG stream, same values), but
+    # without a `generator=None` argument: under torch.compile that argument selects randn's
+    # generator overload, which rejects the symbolic batch size of a recompiled graph (torch
+    # 2.13: every batch size after the first failed to compile).
+    shape = (flat.shape[0], n, policy.action_dim)
+    rng = {} if generator is None else {"generator": generator}
+    noise = torch.randn(shape, device=ref.device, dtype=ref.dtype, **rng)
+    actions = policy.act(flat, avail_actions, guidance=guidance, noise=noise)
     return actions.reshape(*lead, *actions.shape[1:]).to(obs.device)
