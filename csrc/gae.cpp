@@ -81,26 +81,38 @@ std::pair<at::Tensor, at::Tensor> prepare_masks(const at::Tensor& done, const at
 // 2-core dev machine (loaded by other jobs), (4032, 1008) float32, one thread, ns a step:
 // in cache K=1 1.47, K=2 0.78, K=3 0.81, K=4 0.89; out of cache K=2 4.7 without prefetch,
 // K=2 1.6-1.9 and K=3 1.5-2.2 with it (memcpy of the 14 input bytes a step: 0.46).
+// Segments may differ in length (a row's last one): the K chains run interleaved over the
+// shortest length, counted from each segment's end, and the longer ones finish alone.
 template <int K, typename scalar_t, typename mask_t>
 void scan_rows_interleaved(const scalar_t* __restrict__ r, const scalar_t* __restrict__ v,
                            const scalar_t* __restrict__ nv, const mask_t* __restrict__ done,
                            const mask_t* __restrict__ term, scalar_t gamma, scalar_t gl,
-                           const int64_t* base, int64_t len, scalar_t* __restrict__ adv,
+                           const int64_t* base, const int64_t* len, scalar_t* __restrict__ adv,
                            scalar_t* __restrict__ ret, bool* open) {
   constexpr int64_t line = 64 / sizeof(scalar_t);  // steps per cache line of a value array
   constexpr int64_t ahead = kPrefetchBytes / sizeof(scalar_t);
   scalar_t acc[K];
   bool reach[K];
-  int64_t b[K];
+  int64_t last[K];  // flat index of each segment's last step
+  int64_t common = len[0];
   for (int k = 0; k < K; ++k) {
     acc[k] = scalar_t(0);
     reach[k] = true;
-    b[k] = base[k];
+    last[k] = base[k] + len[k] - 1;
+    common = std::min(common, len[k]);
   }
-  for (int64_t t = len - 1; t >= 0; --t) {
-    if (t % line == 0) {
+  auto step = [&](int k, int64_t i) {
+    const scalar_t value = v[i];
+    const bool cut = is_set(done[i]);
+    acc[k] = gae_step(gae_delta(r[i], value, nv[i], term[i], gamma), cut, gl, acc[k]);
+    reach[k] = reach[k] && !cut;
+    adv[i] = acc[k];
+    ret[i] = acc[k] + value;
+  };
+  for (int64_t j = 0; j < common; ++j) {
+    if ((last[0] - j) % line == 0) {
       for (int k = 0; k < K; ++k) {
-        const int64_t i = b[k] + t - ahead;
+        const int64_t i = last[k] - j - ahead;
         if (i < 0) continue;  // before the first row; past a segment's start is the next pack
         __builtin_prefetch(r + i);
         __builtin_prefetch(v + i);
@@ -112,17 +124,12 @@ void scan_rows_interleaved(const scalar_t* __restrict__ r, const scalar_t* __res
       }
     }
 #pragma GCC unroll 8
-    for (int k = 0; k < K; ++k) {
-      const int64_t i = b[k] + t;
-      const scalar_t value = v[i];
-      const bool cut = is_set(done[i]);
-      acc[k] = gae_step(gae_delta(r[i], value, nv[i], term[i], gamma), cut, gl, acc[k]);
-      reach[k] = reach[k] && !cut;
-      adv[i] = acc[k];
-      ret[i] = acc[k] + value;
-    }
+    for (int k = 0; k < K; ++k) step(k, last[k] - j);
   }
-  for (int k = 0; k < K; ++k) open[k] = reach[k];
+  for (int k = 0; k < K; ++k) {
+    for (int64_t i = last[k] - common; i >= base[k]; --i) step(k, i);
+    open[k] = reach[k];
+  }
 }
 
 template <typename scalar_t, typename mask_t>
@@ -170,18 +177,16 @@ void gae_cpu_kernel(const at::Tensor& reward, const at::Tensor& value,
     for (int64_t p = end - 1; p >= begin; --p) {
       int64_t base[K], len[K], seg[K];
       int count = 0;
-      bool same = true;
       for (int64_t s = p; s < segments && count < K; s += packs, ++count) {
         seg[count] = s;
         len[count] = geometry(s, &base[count]);
-        same = same && len[count] == len[0];
       }
       bool open_k[K];
-      if (same && count == K) {
-        scan_rows_interleaved<K>(r, v, nv, d, term, g, gl, base, len[0], a, rt, open_k);
+      if (count == K) {
+        scan_rows_interleaved<K>(r, v, nv, d, term, g, gl, base, len, a, rt, open_k);
       } else {
-        // Ragged packs (a row's shorter last segment, the leftover rows) run the CUDA kernels'
-        // per-segment scan, which the CPU tests thereby cover too.
+        // Leftover segments run the CUDA kernels' per-segment scan, which the CPU tests
+        // thereby cover too.
         for (int j = 0; j < count; ++j) {
           const int64_t o = base[j];
           open_k[j] = scan_segment(r + o, v + o, nv + o, d + o, term + o, g, gl, int64_t(0),
