@@ -138,6 +138,8 @@ def test_torchrl_collector_vmas_continuous_actions_in_spec():
     actor.check_spec(spec)
     with pytest.raises(ValueError, match=r"action_spec: expected trailing shape \(4, 2\)"):
         MeanFlowActor(_policy(False, n_agents=4)).check_spec(spec)
+    rollout = env.rollout(12, actor)                  # EnvBase.rollout takes it as well
+    assert rollout["agents", "action"].shape == (8, 12, 3, 2)
     collector = Collector(env, actor, frames_per_batch=200, total_frames=400,
                           auto_register_policy_transforms=False)
     batches = list(collector)
@@ -324,7 +326,7 @@ def test_load_on_cuda_acts_like_cpu(tmp_path):
     gpu = vf.MeanFlowPolicy.load(tmp_path / "policy.pt", map_location="cuda")
     assert gpu.obs_mean.is_cuda
     obs, noise = torch.randn(64, 3, 18), torch.randn(64, 3, 9)
-    actions = MeanFlowMAC(gpu).policy.act(obs.cuda(), noise=noise.cuda())
+    actions = gpu.act(obs.cuda(), noise=noise.cuda())
     # argmax of float32 scores: the CUDA and CPU matmuls may round differently near ties
     agree = (actions.cpu() == policy.act(obs, noise=noise)).float().mean()
     assert agree > 0.99

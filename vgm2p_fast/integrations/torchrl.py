@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from ..policy import MeanFlowPolicy
 from . import act_batched, require
 
@@ -81,7 +79,6 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
         tensordict.set(self.action_key, action)
         return tensordict
 
-    @torch.no_grad()
     def check_spec(self, action_spec) -> None:
         """Raise ValueError when the policy cannot produce actions of ``action_spec``
         (``env.full_action_spec[out_key]``): agent count, action size, discrete vs continuous."""
