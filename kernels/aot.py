@@ -67,8 +67,10 @@ def configs(quick: bool = False) -> list[Config]:
     linear_jvp: every storage dtype x activation (forward) and dtype (backward, whose code does
     not depend on the activation beyond a multiply). Row kernels: every tile of ROW_BLOCK_DS,
     plus the multi-chunk path of rows wider than 1024, for float32 and bfloat16 (float16 and
-    float64 only change the load/store widths). mlp_cfg_sample: its one block table, guided,
-    GELU (the longest epilogue), both decodings (action dims <= 16 use DP = 16).
+    float64 only change the load/store widths). Each kernel's constexpr switches are compiled
+    both ways (bias, tangent, saved act', p = 1, gradient, null, bounds, guidance).
+    mlp_cfg_sample: its one block table and action tile, guided (GELU) and not (SiLU), both
+    decodings, 16/32-bit storage (``mlp_fits`` keeps float64 off this path).
     ``quick``: bfloat16, one activation and one tile per kernel.
     """
     dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16,
@@ -84,16 +86,24 @@ def configs(quick: bool = False) -> list[Config]:
                 {"ACT": ACT_IDS[act], "HAS_BIAS": True, "HAS_TANGENT": True, "SAVE_GRAD": True,
                  "ACC": acc_dtype(dt), "PRECISION": prec,
                  "BM": fwd["BM"], "BN": fwd["BN"], "BK": fwd["BK"]}, fwd["num_warps"]))
+        if not quick:  # the inference layer: no bias, no tangent, nothing saved
+            out.append(Config(
+                f"linear_jvp.fwd[silu,plain,{_short(dt)}]", linear_jvp._fwd_kernel, dt,
+                {"ACT": ACT_IDS["silu"], "HAS_BIAS": False, "HAS_TANGENT": False,
+                 "SAVE_GRAD": False, "ACC": acc_dtype(dt), "PRECISION": prec,
+                 "BM": fwd["BM"], "BN": fwd["BN"], "BK": fwd["BK"]}, fwd["num_warps"]))
         blk = {"BM": bwd["BM"], "BN": bwd["BN"], "BK": bwd["BK"]}
         out.append(Config(
             f"linear_jvp.bwd_dx[silu,{_short(dt)}]", linear_jvp._bwd_dx_kernel, dt,
             {"ACT": ACT_IDS["silu"], "ACC": acc_dtype(dt), "PRECISION": prec, **blk},
             bwd["num_warps"]))
         part = torch.float64 if dt == torch.float64 else torch.float32
-        out.append(Config(
-            f"linear_jvp.bwd_dw[silu,{_short(dt)}]", linear_jvp._bwd_dw_kernel, dt,
-            {"ACT": ACT_IDS["silu"], "HAS_BIAS": True, "ACC": acc_dtype(dt), "PRECISION": prec,
-             **blk}, bwd["num_warps"], {"dw_ptr": part, "db_ptr": part}))
+        for has_bias in (True,) if quick else (True, False):
+            out.append(Config(
+                f"linear_jvp.bwd_dw[silu,{'bias' if has_bias else 'no bias'},{_short(dt)}]",
+                linear_jvp._bwd_dw_kernel, dt,
+                {"ACT": ACT_IDS["silu"], "HAS_BIAS": has_bias, "ACC": acc_dtype(dt),
+                 "PRECISION": prec, **blk}, bwd["num_warps"], {"dw_ptr": part, "db_ptr": part}))
     row_dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16]
     widths = [16] if quick else [*_common.ROW_BLOCK_DS, _common.ROW_BLOCK_DS[-1] + 1]
     for dt in row_dtypes:
@@ -111,16 +121,31 @@ def configs(quick: bool = False) -> list[Config]:
                     {"HAS_NULL": True, "HAS_BOUNDS": not discrete, "DISCRETE": discrete,
                      **tile}, _common.ROW_NUM_WARPS,
                     {"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {}))
-    mlp = cfg_sample.MLP
-    for dt in row_dtypes:
-        for discrete in (False, True):
-            kind = "discrete" if discrete else "continuous"
+        if not quick:  # the other constexpr branches: p = 1 without gradient; no null/bounds
+            block_r, block_d = _common.row_blocks(16)
+            tile = {"ACC": acc_dtype(dt), "BLOCK_R": block_r, "BLOCK_D": block_d}
             out.append(Config(
-                f"mlp_cfg_sample[{kind},gelu_tanh,guided,{_short(dt)}]", cfg_sample._mlp_kernel,
-                dt, {"ACT": ACT_IDS["gelu_tanh"], "GUIDED": True, "HAS_BOUNDS": not discrete,
-                     "DISCRETE": discrete, "ACC": acc_dtype(dt),
-                     "PRECISION": _common.fp32_precision(dt), "BM": mlp["BM"], "BN": mlp["BN"],
-                     "BK": mlp["BK"], "DP": 16}, mlp["num_warps"],
+                f"meanflow_target_loss[D=16,p=1,no grad,{_short(dt)}]",
+                meanflow_target_loss._kernel, dt,
+                {"P_ONE": True, "NEED_GRAD": False, "ONE_TILE": True, **tile},
+                _common.ROW_NUM_WARPS))
+            out.append(Config(
+                f"cfg_sample[continuous,D=16,unguided,unbounded,{_short(dt)}]", cfg_sample._kernel,
+                dt, {"HAS_NULL": False, "HAS_BOUNDS": False, "DISCRETE": False, **tile},
+                _common.ROW_NUM_WARPS))
+    mlp = cfg_sample.MLP
+    mlp_cases = [(True, False)] if quick else [(g, d) for g in (True, False) for d in (False, True)]
+    for dt in [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16]:
+        for guided, discrete in mlp_cases:
+            kind = "discrete" if discrete else "continuous"
+            act = "gelu_tanh" if guided else "silu"
+            out.append(Config(
+                f"mlp_cfg_sample[{kind},{act},{'guided' if guided else 'unguided'},{_short(dt)}]",
+                cfg_sample._mlp_kernel, dt,
+                {"ACT": ACT_IDS[act], "GUIDED": guided, "HAS_BOUNDS": not discrete,
+                 "DISCRETE": discrete, "ACC": acc_dtype(dt),
+                 "PRECISION": _common.fp32_precision(dt), "BM": mlp["BM"], "BN": mlp["BN"],
+                 "BK": mlp["BK"], "DP": cfg_sample.MLP_DP}, mlp["num_warps"],
                 {"dims_ptr": torch.int32, "scr_ptr": torch.float32,
                  **({"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {})}))
     return out

@@ -149,9 +149,14 @@ def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | Non
 
 
 # ---------------------------------------------------------------- whole MLP + sampling step
-# BM = 16: tl.dot's smallest M. 8 warps: at 4 the guided GELU bf16 kernel used 255 registers
-# and spilled 20/32 bytes on sm_80; at 8 it takes 224-230 (bf16) and 182 (fp32), no spills.
-MLP = {"BM": 16, "BN": 64, "BK": 64, "num_warps": 8}
+# BM = 16: tl.dot's smallest M. BK = 16 keeps the per-thread operand tiles small: the AOT
+# report of BK = 64 hit a 128-register cap of ptxas with 8-40 bytes of spills (float32, sm_80);
+# at BK = 16 every variant takes 64-109 registers, no spills.
+MLP = {"BM": 16, "BN": 64, "BK": 16, "num_warps": 8}
+# One action tile for every action dim <= 64: the final (16, 64) tile costs nothing next to the
+# hidden layers, and kernels/aot.py then compiles exactly what runs (at DP = 16 the unguided
+# float32 kernel was capped at 128 registers by ptxas on sm_80 and spilled 16 bytes).
+MLP_DP = 64
 MLP_MAX_ROWS = 64  # rows per agent group up to which mlp_cfg_sample is the faster path
 MLP_MAX_WIDTH = 1024  # widest layer (input included) the scratch/loops are sized for
 
@@ -159,11 +164,12 @@ MLP_MAX_WIDTH = 1024  # widest layer (input included) the scratch/loops are size
 class MLPPack(NamedTuple):
     """The policy's layers packed for ``mlp_cfg_sample`` (build once, reuse while the weights
     do not change): ``weight (G, L, out_max, in_max)`` and ``bias (G, L, out_max)``, zero
-    padded, and ``dims`` int32 ``[in_0, out_0 = in_1, ..., out_{L-1}]``."""
+    padded, and ``dims`` int32 ``[in_0, out_0 = in_1, ..., out_{L-1}]`` (``sizes`` on the host)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
     dims: torch.Tensor
+    sizes: tuple[int, ...]  # ``dims`` on the host (no device sync to read it)
 
 
 def pack_mlp(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> MLPPack:
@@ -181,24 +187,28 @@ def pack_mlp(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) ->
         for i, (w, b) in enumerate(zip(weights, biases)):
             wp[:, i, : w.shape[-2], : w.shape[-1]] = w if grouped else w.unsqueeze(0)
             bp[:, i, : b.shape[-1]] = b if grouped else b.unsqueeze(0)
-    return MLPPack(wp, bp, torch.tensor(dims, dtype=torch.int32, device=w0.device))
+    return MLPPack(wp, bp, torch.tensor(dims, dtype=torch.int32, device=w0.device), tuple(dims))
 
 
 def mlp_fits(rows_per_group: int, pack: MLPPack) -> bool:
     """Whether ``mlp_cfg_sample`` is the path to take: few rows per agent group (decentralised
-    execution, B = agents or a few envs) and layers no wider than MLP_MAX_WIDTH."""
-    return rows_per_group <= MLP_MAX_ROWS and max(pack.weight.shape[-2:]) <= MLP_MAX_WIDTH
+    execution, B = agents or a few envs), layers no wider than MLP_MAX_WIDTH, at most 64
+    action dims (the compiled action tile) and 16/32-bit weights (float64 policies keep the
+    layer-by-layer path: its MMA variant is not in the AOT report)."""
+    return (rows_per_group <= MLP_MAX_ROWS and max(pack.weight.shape[-2:]) <= MLP_MAX_WIDTH
+            and pack.sizes[-1] <= MLP_DP and pack.weight.dtype != torch.float64)
 
 
 @triton.jit
-def _mlp_rows(x_ptr, sxg, sxm, x_row0, F, w_ptr, b_ptr, dims_ptr, scr_ptr, pid_g, offs_m, m_ok,
-              L, WO, WI, WMAX, D,
+def _mlp_rows(x_ptr, sxg, sxm, x_row0, F, w_ptr, b_ptr, dims_ptr, scr_ptr, out_slot, pid_g,
+              offs_m, m_ok, L, WO, WI, WMAX,
               ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr):
-    """u (BM, DP) of rows ``x_row0 + offs_m`` through all L layers; the activations go through
-    this program's two scratch buffers (BM, WMAX), one read and one written per layer."""
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Rows ``x_row0 + offs_m`` through all L layers. This program's scratch holds slots of
+    (BM, WMAX) floats: 0 and 1 alternate as a layer's input and output, the last layer writes
+    slot ``out_slot``."""
     local = tl.arange(0, BM)[:, None] * WMAX
-    tl.debug_barrier()  # the previous call's last reads of the scratch are done
+    tl.debug_barrier()  # the previous pass's last reads of slot 0 are done
     x_rows = x_ptr + pid_g.to(tl.int64) * sxg + (x_row0 + offs_m)[:, None].to(tl.int64) * sxm
     for k0 in range(0, F, BK):
         kk = k0 + tl.arange(0, BK)
@@ -209,7 +219,8 @@ def _mlp_rows(x_ptr, sxg, sxm, x_row0, F, w_ptr, b_ptr, dims_ptr, scr_ptr, pid_g
         k_dim = tl.load(dims_ptr + layer)
         n_dim = tl.load(dims_ptr + layer + 1)
         src = scr_ptr + (layer % 2) * BM * WMAX + local
-        dst = scr_ptr + ((layer + 1) % 2) * BM * WMAX + local
+        dst_slot = tl.where(layer == L - 1, out_slot, (layer + 1) % 2)
+        dst = scr_ptr + dst_slot * BM * WMAX + local
         w_l = w_ptr + (pid_g * L + layer).to(tl.int64) * WO * WI
         for n0 in range(0, n_dim, BN):
             nn = n0 + tl.arange(0, BN)
@@ -226,30 +237,31 @@ def _mlp_rows(x_ptr, sxg, sxm, x_row0, F, w_ptr, b_ptr, dims_ptr, scr_ptr, pid_g
             h = tl.where(layer == L - 1, acc, h)  # the output layer has no activation
             tl.store(dst + nn[None, :], h, mask=(nn < n_dim)[None, :])
         tl.debug_barrier()  # layer's output complete before the next layer reads it
-    cols = tl.arange(0, DP)
-    return tl.load(scr_ptr + (L % 2) * BM * WMAX + local + cols[None, :],
-                   mask=(cols < D)[None, :], other=0.0)
 
 
 @triton.jit
 def _mlp_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, scr_ptr, z_ptr, low_ptr, high_ptr, avail_ptr,
-                out_ptr, M, F, L, WO, WI, WMAX, D, sxg, sxm, w, step,
+                out_ptr, M, F, L, WO, WI, WMAX, D, N_COND, sxg, sxm, w, step,
                 ACT: tl.constexpr, GUIDED: tl.constexpr, HAS_BOUNDS: tl.constexpr,
                 DISCRETE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DP: tl.constexpr):
     """Grid (M / BM, G): rows [pid * BM, +BM) of agent group pid_g; x holds the conditional
-    rows [0, M) and, when GUIDED, the null rows [M, 2M) of every group."""
+    rows [0, M) and, when GUIDED (N_COND = 2), the null rows [M, 2M) of every group. The two
+    passes are one runtime loop, not two inlined copies: one copy of the MLP code keeps the
+    register count at that of the unguided kernel."""
     pid_m, pid_g = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
     m_ok = offs_m < M
-    scr = scr_ptr + (pid_g * tl.num_programs(0) + pid_m).to(tl.int64) * 2 * BM * WMAX
-    u_c = _mlp_rows(x_ptr, sxg, sxm, 0, F, w_ptr, b_ptr, dims_ptr, scr, pid_g, offs_m, m_ok,
-                    L, WO, WI, WMAX, D, ACT, ACC, PRECISION, BM, BN, BK, DP)
+    scr = scr_ptr + (pid_g * tl.num_programs(0) + pid_m).to(tl.int64) * 4 * BM * WMAX
+    for c in range(N_COND):  # u of pass c lands in slot 2 + c
+        _mlp_rows(x_ptr, sxg, sxm, c * M, F, w_ptr, b_ptr, dims_ptr, scr, 2 + c, pid_g, offs_m,
+                  m_ok, L, WO, WI, WMAX, ACT, ACC, PRECISION, BM, BN, BK)
+    cols = tl.arange(0, DP)
+    u_at = scr + tl.arange(0, BM)[:, None] * WMAX + cols[None, :]
+    u_c = tl.load(u_at + 2 * BM * WMAX, mask=(cols < D)[None, :], other=0.0)
     u_n = u_c
     if GUIDED:
-        u_n = _mlp_rows(x_ptr, sxg, sxm, M, F, w_ptr, b_ptr, dims_ptr, scr, pid_g, offs_m, m_ok,
-                        L, WO, WI, WMAX, D, ACT, ACC, PRECISION, BM, BN, BK, DP)
-    cols = tl.arange(0, DP)
+        u_n = tl.load(u_at + 3 * BM * WMAX, mask=(cols < D)[None, :], other=0.0)
     rows = pid_g * M + offs_m
     ok = m_ok[:, None] & (cols < D)[None, :]
     z = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0)
@@ -280,17 +292,17 @@ def _mlp_cfg_sample_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     width = max(w_out, w_in)
     grid = (triton.cdiv(m, MLP["BM"]), groups)
     acc = acc_dtype(x.dtype)
-    scratch = torch.empty((grid[0] * groups, 2, MLP["BM"], width),
+    scratch = torch.empty((grid[0] * groups, 4, MLP["BM"], width),
                           dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                           device=x.device)
     sxg, sxm = (x.stride(0), x.stride(1)) if x.dim() == 3 else (0, x.stride(0))
     wrap_triton(_mlp_kernel)[grid](
         x, weight, bias, dims, scratch, z, z if low is None else low, z if high is None else high,
         z if avail is None else avail, out, m, x.shape[-1], n_layers, w_out, w_in, width, d,
-        sxg, sxm, float(guidance), float(step),
+        2 if guided else 1, sxg, sxm, float(guidance), float(step),
         ACT=ACT_IDS[activation], GUIDED=guided, HAS_BOUNDS=low is not None, DISCRETE=discrete,
         ACC=acc, PRECISION=fp32_precision(x.dtype), BM=MLP["BM"], BN=MLP["BN"], BK=MLP["BK"],
-        DP=max(16, triton.next_power_of_2(d)), num_warps=MLP["num_warps"])
+        DP=MLP_DP, num_warps=MLP["num_warps"])
     return out
 
 
@@ -325,5 +337,8 @@ def mlp_cfg_sample(x: torch.Tensor, pack: MLPPack, z: torch.Tensor, activation: 
         ``(M, D)``/``(G, M, D)`` continuous actions or ``(M,)``/``(G, M)`` int64 ids.
         Validation is the caller's (the policy's); inputs are assumed consistent.
     """
+    if z.shape[-1] > MLP_DP:
+        raise ValueError(f"z: expected at most {MLP_DP} action dims for the one-launch "
+                         f"path (see mlp_fits), found {z.shape[-1]}")
     return _mlp_cfg_sample_op(x, pack.weight, pack.bias, pack.dims, z, activation, guided,
                               float(guidance), float(step), low, high, avail, discrete)

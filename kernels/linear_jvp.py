@@ -204,6 +204,8 @@ def _linear_jvp_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     n_out, n_in = weight.shape[-2:]
     m = x.shape[-2]
     h, dh, g = _fwd_outputs(x, weight, dx, activation, save_grad)
+    if h.numel() == 0:  # no rows (or no outputs): nothing to launch
+        return h, dh, g
     sxg, sxm = _rows(x)
     sdg, sdm = _rows(dx) if dx is not None else (0, 0)
     cfg = fwd_config(x.dtype)
@@ -247,6 +249,8 @@ def _linear_jvp_bwd(grad_h: torch.Tensor, act_grad: torch.Tensor, x: torch.Tenso
     prec = fp32_precision(x.dtype)
     act_grad = grad_h if act == 0 else act_grad.contiguous()
     dx, dw, db = _bwd_outputs(x, weight, need_dx, need_dw, has_bias)
+    if m == 0:  # no rows: the weight and bias gradients are sums over nothing
+        return dx, dw.zero_(), db.zero_()
     if need_dx:
         grid = (triton.cdiv(m, BWD["BM"]), triton.cdiv(n_in, BWD["BN"]), g_count)
         wrap_triton(_bwd_dx_kernel)[grid](

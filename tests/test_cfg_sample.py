@@ -162,9 +162,8 @@ def test_triton_low_precision_within_reference_error(dtype, close_to_oracle):
 
 
 def test_triton_op_registration_passes_opcheck():
-    from torch.library import opcheck
-
     import vgm2p_fast.kernels.cfg_sample  # noqa: F401  (registers the ops)
+    from torch.library import opcheck
 
     z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs((5, 3), torch.float32))
     opcheck(torch.ops.vgm2p_fast.triton_cfg_sample,
@@ -204,8 +203,9 @@ def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):
 @pytest.mark.parametrize("guidance", [1.0, 2.5])
 def test_mlp_cfg_sample_matches_policy_act(share, discrete, guidance):
     """One launch for the whole MLP + sampling step == MeanFlowPolicy.act on torch."""
-    import vgm2p_fast as vf
     from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
+
+    import vgm2p_fast as vf
 
     torch.manual_seed(0)
     batch, n, d = 3, 2, 5
@@ -256,3 +256,45 @@ def test_policy_act_triton_matches_torch(share, discrete):
         assert torch.equal(outs[0], outs[1])
     else:
         torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_mlp_fits_and_refuses_wide_actions():
+    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
+
+    def pack(d, dtype=torch.float32):
+        ws = [torch.randn(16, 8, device=DEVICE), torch.randn(d, 16, device=DEVICE)]
+        bs = [torch.zeros(16, device=DEVICE), torch.zeros(d, device=DEVICE)]
+        return pack_mlp([w.to(dtype) for w in ws], [b.to(dtype) for b in bs])
+
+    assert pack(5).sizes == (8, 16, 5)
+    assert mlp_fits(64, pack(64)) and not mlp_fits(65, pack(5)) and not mlp_fits(4, pack(65))
+    assert mlp_fits(4, pack(5, torch.bfloat16)) and not mlp_fits(4, pack(5, torch.float64))
+    z = torch.zeros(4, 65, device=DEVICE)
+    with pytest.raises(ValueError, match=r"z: expected at most 64 action dims .* found 65"):
+        mlp_cfg_sample(torch.zeros(4, 8, device=DEVICE), pack(65), z, "silu")
+
+
+def test_mlp_cfg_sample_bf16_within_reference_error(close_to_oracle):
+    """bf16 weights and inputs: within twice the bf16 torch policy's own error against the
+    same policy in float64."""
+    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, pack_mlp
+
+    import vgm2p_fast as vf
+
+    torch.manual_seed(0)
+    policy = vf.MeanFlowPolicy(7, 5, 2, hidden_dims=(40, 24), backend="torch").to(DEVICE)
+    gen = torch.Generator().manual_seed(1)
+    obs = torch.randn(3, 2, 7, generator=gen).to(DEVICE)
+    z = torch.randn(3, 2, 5, generator=gen).to(DEVICE)
+    outs = {}
+    for dtype in (torch.float64, torch.bfloat16):
+        p = policy.to(dtype)
+        outs[dtype] = _policy_act_and_first_layer_input(p, obs.to(dtype), None, 2.0, z.to(dtype))
+        if dtype == torch.bfloat16:
+            got = mlp_cfg_sample(outs[dtype][1], pack_mlp(list(p.weights), list(p.biases)),
+                                 p._layout(z.to(dtype)), p.activation, guided=True,
+                                 guidance=2.0, low=p.action_low.to(dtype),
+                                 high=p.action_high.to(dtype))
+    assert got.dtype == torch.bfloat16
+    close_to_oracle(got.reshape(3, 2, 5), outs[torch.bfloat16][0], outs[torch.float64][0],
+                    "actions")

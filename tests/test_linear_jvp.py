@@ -190,6 +190,20 @@ def test_triton_strided_input_and_partial_grads():
     torch.testing.assert_close(w1.grad, w2.grad, atol=2e-5, rtol=1e-4)
 
 
+def test_triton_zero_rows_and_zero_tangent_columns():
+    """No rows: empty outputs, zero weight/bias gradients (as torch). k = 0: zero tangent."""
+    w = torch.randn(3, 5, device=DEVICE, requires_grad=True)
+    b = torch.randn(3, device=DEVICE, requires_grad=True)
+    h, dh = linear_jvp(torch.zeros(0, 5, device=DEVICE), w, b, torch.zeros(0, 2, device=DEVICE),
+                       "silu", backend="triton")
+    h.sum().backward()
+    assert h.shape == dh.shape == (0, 3)
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    x = torch.randn(4, 5, device=DEVICE)
+    _, dh = linear_jvp(x, w, b, torch.zeros(4, 0, device=DEVICE), "gelu_tanh", backend="triton")
+    assert torch.equal(dh, torch.zeros(4, 3, device=DEVICE))
+
+
 def test_triton_dw_split_over_row_chunks():
     """Enough rows that dW is summed over several row chunks (the split-K path)."""
     from vgm2p_fast.kernels.linear_jvp import dw_split
