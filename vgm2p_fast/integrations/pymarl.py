@@ -76,6 +76,7 @@ class MeanFlowMAC:
         return self.policy.parameters()
 
     def cuda(self) -> MeanFlowMAC:
+        """Move the policy to the current CUDA device (PyMARL calls ``mac.cuda()``)."""
         self.policy.cuda()
         return self
 
