@@ -8,8 +8,9 @@
 Cases per layout: the extension (``ext``), the chunked torch reference (``gae_ref``), a Python
 loop over the transitions, TorchRL's ``vec_generalized_advantage_estimate`` when installed, and
 ``memcpy``: one copy of the 14 bytes a transition the op must read (3 x float32 + 2 x bool) into
-a preallocated buffer, the physical floor. Goals on CPU, one run (README): ext <= 3x memcpy,
-and >= 10x faster than TorchRL's vectorised GAE.
+a preallocated buffer, the physical floor; ``ext`` and ``memcpy`` also run on one thread.
+Goals on CPU, one run (README): ext <= 3x memcpy, and >= 10x faster than TorchRL's vectorised
+GAE.
 Run: ``pytest benchmarks/bench_gae.py --benchmark-only``. Under ``--benchmark-disable`` (the CI
 smoke) the layouts shrink to 64k transitions.
 """
@@ -25,7 +26,11 @@ GAMMA, LAM = 0.99, 0.95
 # Rounds per case: the dev/CI machines have 2 cores shared with other jobs, so the fast cases
 # take the min (and median) of 100 rounds, where a contention-free moment shows up; the cases
 # that take seconds a call need one round for a >= 10x comparison.
-ROUNDS = {"ext": 100, "memcpy": 100, "gae_ref": 5, "python_loop": 1, "torchrl_vec": 1}
+# "-1thread": the same on one thread. With other jobs on the 2 cores, a 2-thread parallel region
+# often waits a scheduler tick (4 ms) for its second thread; one thread does not, so its ratio is
+# the stable one.
+ROUNDS = {"ext": 100, "memcpy": 100, "ext-1thread": 100, "memcpy-1thread": 100, "gae_ref": 5,
+          "python_loop": 1, "torchrl_vec": 1}
 CASES = list(ROUNDS)
 
 
@@ -68,6 +73,7 @@ def _python_loop(r, v, nv, done, term):
 
 
 def _runner(case: str, args):
+    case = case.removesuffix("-1thread")
     if case == "ext":
         return lambda: gae(*args, GAMMA, LAM, backend="ext")
     if case == "gae_ref":
@@ -96,8 +102,15 @@ def test_gae(benchmark, layout, case):
     args = _inputs(layout, smoke=benchmark.disabled)
     fn = _runner(case, args)
     rounds = ROUNDS[case]
-    out = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=min(rounds - 1, 1))
-    if case != "memcpy":
+    threads = torch.get_num_threads()
+    if case.endswith("-1thread"):
+        torch.set_num_threads(1)
+    try:
+        out = benchmark.pedantic(fn, rounds=rounds, iterations=1,
+                                 warmup_rounds=min(rounds - 1, 1))
+    finally:
+        torch.set_num_threads(threads)
+    if not case.startswith("memcpy"):
         adv = out[0].reshape(args[0].shape)
         want = gae(*args, GAMMA, LAM, backend="torch")[0]
         torch.testing.assert_close(adv, want, rtol=1e-4, atol=1e-4)
