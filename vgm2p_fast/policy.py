@@ -278,32 +278,48 @@ class MeanFlowPolicy(nn.Module):
         return x.reshape(-1, x.shape[-1]) if self.share_parameters else x.transpose(0, 1)
 
     def _run(self, z, r, t, obs, cond, v=None, backend: str | None = None):
-        """The MLP on [B, N, *] inputs; returns u [B, N, D] and, when v is given, du/dt."""
+        """The MLP on [B, N, *] inputs: u [B, N, D] and, when a tangent v [m, N, D] is given
+        for the first m <= B rows, their du/dt [m, N, D] (tangent (v, 1) on (z, t)).
+
+        The tangent rows and the others go through the layers as two batches: MeanFlow training
+        only needs du/dt where r < t (its target multiplies it by t - r), which
+        ``sample_times`` puts first, so the tangent matmuls cover 25% of the rows, not all.
+        """
         batch = obs.shape[0]
-        want_tangent = v is not None
-        emb_t, demb_t = self._time_embed(t, want_tangent)
-        emb_h, demb_h = self._time_embed(t - r, want_tangent)
+        emb_t, demb_t = self._time_embed(t, v is not None)
+        emb_h, demb_h = self._time_embed(t - r, v is not None)
         c = self.cond_embed(cond.long())
         if c.dim() == 2:
             c = c.unsqueeze(1).expand(batch, self.n_agents, c.shape[-1])
-        parts = [z, emb_t, emb_h, (obs - self.obs_mean.to(obs.dtype)) / self.obs_std.to(obs.dtype)]
+        obs = (obs - self.obs_mean.to(obs.dtype)) / self.obs_std.to(obs.dtype)
+        parts = [z, emb_t, emb_h, obs]
         if self.share_parameters:
             parts.append(self.agent_ids.to(obs.dtype).expand(batch, -1, -1))
         parts.append(c.to(obs.dtype))
-        x = self._layout(torch.cat(parts, dim=-1))
-        dx = self._layout(torch.cat([v, demb_t, demb_h], dim=-1)) if want_tangent else None
-
-        dev = obs.device
-        layer = _backend.implementation("linear_jvp", _LAYER_BACKENDS, dev,
+        x = torch.cat(parts, dim=-1)
+        layer = _backend.implementation("linear_jvp", _LAYER_BACKENDS, obs.device,
                                         backend or self._op_backend(), linear_jvp_ref)
+        if v is None:
+            return self._mlp(x, None, layer)[0], None
+        m = v.shape[0]
+        u, dudt = self._mlp(x[:m], torch.cat([v, demb_t[:m], demb_h[:m]], dim=-1), layer)
+        if m < batch:
+            u = torch.cat([u, self._mlp(x[m:], None, layer)[0]])
+        return u, dudt
+
+    def _mlp(self, x: torch.Tensor, dx: torch.Tensor | None, layer
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layers on [B, N, in] (and the tangent's first columns [B, N, k]) -> [B, N, D]."""
+        batch = x.shape[0]
+        h, dh = self._layout(x), (None if dx is None else self._layout(dx))
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x, dx = layer(x, w, b, dx, "identity" if i == last else self.activation)
-        return self._unlayout(x, batch), (self._unlayout(dx, batch) if want_tangent else None)
+            h, dh = layer(h, w, b, dh, "identity" if i == last else self.activation)
+        return self._unlayout(h, batch), (None if dh is None else self._unlayout(dh, batch))
 
     def _unlayout(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         if self.share_parameters:
-            return y.reshape(batch, self.n_agents, -1)
+            return y.reshape(batch, self.n_agents, y.shape[-1])
         return y.transpose(0, 1)
 
     def _op_backend(self) -> str | None:
@@ -356,14 +372,22 @@ class MeanFlowPolicy(nn.Module):
     def sample_times(self, shape: Sequence[int], *, device: torch.device | None = None,
                      generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, t) with r <= t, both logit-normal(time_mu, time_sigma); r = t for a fraction
-        ``1 - ratio_r_neq_t`` of the entries."""
+        """(r, t) of ``shape`` (rows first), r <= t, both logit-normal(time_mu, time_sigma).
+
+        The first ``round(ratio_r_neq_t * shape[0])`` rows have r < t, the others r = t: rows
+        are i.i.d. batch samples, so which rows get r < t does not matter, and putting them
+        first lets the JVP run on that prefix only (see ``_run``).
+        """
         device = device or self.freqs.device
         normal = torch.randn((2, *shape), device=device, generator=generator)
         s = torch.sigmoid(normal * self.time_sigma + self.time_mu)
         t, r = s.max(0).values, s.min(0).values
-        keep = torch.rand(tuple(shape), device=device, generator=generator) < self.ratio_r_neq_t
-        return torch.where(keep, r, t), t
+        m = self.n_tangent_rows(shape[0])
+        return torch.cat([r[:m], t[m:]]), t
+
+    def n_tangent_rows(self, batch: int) -> int:
+        """How many leading rows of a training batch of ``batch`` rows have r < t."""
+        return round(self.ratio_r_neq_t * batch)
 
     def encode_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Dataset actions -> generated vector x: continuous as is, discrete as 2 one-hot - 1."""
@@ -430,8 +454,10 @@ class MeanFlowPolicy(nn.Module):
             v_g = self._guided_velocity(z, t, obs, cond, v, dropped)
         if self.backend == "func":
             u, dudt = self._func_jvp(z, r, t, obs, cond_in, v_g)
-        else:
-            u, dudt = self._run(z, r, t, obs, cond_in, v_g)
+        else:  # du/dt only where r < t (the prefix); (t - r) du/dt = 0 on the other rows
+            m = self.n_tangent_rows(batch)
+            u, dudt = self._run(z, r, t, obs, cond_in, v_g[:m])
+            dudt = torch.cat([dudt, dudt.new_zeros(batch - m, *dudt.shape[1:])])
         loss_fn = _backend.implementation("meanflow_target_loss", _LOSS_BACKENDS, dev,
                                           self._op_backend(), meanflow_target_loss_ref)
         rows, raw = loss_fn(u, dudt, v_g, t, r, self.norm_p, self.norm_eps)
