@@ -161,14 +161,22 @@ def test_triton_low_precision_within_reference_error(dtype, close_to_oracle):
     assert bool(clear.any()) and torch.equal(got_d[clear], x.argmax(-1)[clear])
 
 
-def test_triton_op_registration_passes_opcheck():
+def test_triton_op_registration_passes_opcheck(opcheck_utils):
     import vgm2p_fast.kernels.cfg_sample  # noqa: F401  (registers the ops)
     from torch.library import opcheck
 
     z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs((5, 3), torch.float32))
     opcheck(torch.ops.vgm2p_fast.triton_cfg_sample,
             (z, u_c, u_n, 2.0, 1.0, low, high, None, False),
-            test_utils=("test_schema", "test_faketensor"))
+            test_utils=opcheck_utils)
+    from vgm2p_fast.kernels.cfg_sample import pack_mlp
+
+    pack = pack_mlp([torch.randn(16, 4, device=DEVICE), torch.randn(3, 16, device=DEVICE)],
+                    [torch.randn(16, device=DEVICE), torch.randn(3, device=DEVICE)])
+    x = torch.randn(10, 4, device=DEVICE)  # [5 cond rows; 5 null rows]
+    opcheck(torch.ops.vgm2p_fast.triton_mlp_cfg_sample,
+            (x, pack.weight, pack.bias, pack.dims, z, "silu", True, 2.0, 1.0, low, high, None,
+             False), test_utils=opcheck_utils)
 
 
 def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):

@@ -218,16 +218,15 @@ def test_triton_dw_split_over_row_chunks():
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
 
-def test_triton_op_registration_passes_opcheck():
+def test_triton_op_registration_passes_opcheck(opcheck_utils):
     import vgm2p_fast.kernels.linear_jvp  # noqa: F401  (registers the ops)
     from torch.library import opcheck
 
     x, w, b, dx = (t.to(DEVICE) for t in _inputs((None, 5, 7, 6, 3), torch.float32))
     x.requires_grad_()
     w.requires_grad_()
-    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     opcheck(torch.ops.vgm2p_fast.triton_linear_jvp, (x, w, b, dx, "silu", True),
-            test_utils=utils)
+            test_utils=opcheck_utils)
 
 
 def _fused_step(x, w, b, dx, v_g, t, r):
@@ -277,3 +276,19 @@ def test_triton_ops_under_inductor_on_cuda():
     args = _fused_inputs()
     got = torch.compile(_fused_step, fullgraph=True)(*args)
     torch.testing.assert_close(got, _fused_step(*args))
+
+
+@pytest.mark.parametrize("op", ["linear_jvp", "meanflow_target_loss", "cfg_sample"])
+def test_auto_picks_the_triton_kernels_on_cuda_only(op):
+    """What MeanFlowPolicy gets through _backend.implementation: the Triton kernel for CUDA
+    tensors under ``auto``, the torch reference on CPU even with the interpreter available."""
+    import importlib
+
+    from vgm2p_fast import _backend
+    from vgm2p_fast.ops import REGISTRY
+
+    ref = object()
+    kernel = getattr(importlib.import_module(f"vgm2p_fast.kernels.{op}"), op)
+    assert _backend.implementation(op, REGISTRY[op], torch.device("cuda"), None, ref) is kernel
+    assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), None, ref) is ref
+    assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), "triton", ref) is kernel

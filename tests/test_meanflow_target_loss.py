@@ -123,16 +123,15 @@ def test_triton_mixed_time_dtype_and_no_grad():
         torch.testing.assert_close(a, e, atol=1e-3, rtol=1e-3)
 
 
-def test_triton_op_registration_passes_opcheck():
-    from torch.library import opcheck
-
+def test_triton_op_registration_passes_opcheck(opcheck_utils):
     import vgm2p_fast.kernels.meanflow_target_loss  # noqa: F401  (registers the op)
+    from torch.library import opcheck
 
     u, dudt, v_g, t, r = (a.to(DEVICE) for a in _inputs((4, 3), 5, torch.float32))
     u.requires_grad_()
     opcheck(torch.ops.vgm2p_fast.triton_meanflow_target_loss, (u, dudt, v_g, t, r, 1.0, 0.01,
                                                               True),
-            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+            test_utils=opcheck_utils)
 
 
 @pytest.mark.parametrize("share", [True, False])
