@@ -1,2 +1,13 @@
 """Triton kernels, installed as ``vgm2p_fast.kernels``. Imported lazily by the ops' ``triton``
-backend only: importing ``vgm2p_fast`` never imports this package or triton."""
+backend only: importing ``vgm2p_fast`` never imports this package or triton.
+
+Modules (one op name across kernels/, ops/, tests/, benchmarks/):
+
+- ``linear_jvp``: fused layer primal + tangent, and the primal's backward (dx, dW, db).
+- ``meanflow_target_loss``: MeanFlow target, adaptive row loss and dloss/du in one pass.
+- ``cfg_sample``: guided sampling step + clip/rescale or masked argmax; ``mlp_cfg_sample``
+  runs the whole policy MLP and that step in one launch for small batches.
+- ``aot``: ``python -m vgm2p_fast.kernels.aot``, the compile-for-sm_80/sm_90 and spill report.
+
+Each module docstring gives the bytes, FLOPs and the H100 roofline estimate of its kernels.
+"""
