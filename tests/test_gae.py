@@ -248,14 +248,13 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.vgm2p_fast.gae.default, (*args, GAMMA, LAM))
 
 
-@pytest.mark.skipif(not EXT_OK, reason=f"no extension: {EXT_WHY}")
-def test_op_traces_under_torch_compile_fullgraph():
-    """The fake kernel lets dynamo put the op in a graph with what follows it (aot_eager: the
-    same tracing as inductor, without its ~30 s of C++ codegen on two cores). The public
-    ``gae`` wrapper itself does not trace yet: its backend resolution imports modules."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_traces_under_torch_compile_fullgraph(backend):
+    """The fake kernel lets dynamo put the op in one graph with what follows it (aot_eager: the
+    same tracing as inductor, without its ~30 s of C++ codegen on two cores)."""
 
     def normalised(r, v, nv, done, term):
-        adv, ret = torch.ops.vgm2p_fast.gae(r, v, nv, done, term, GAMMA, LAM)
+        adv, ret = gae(r, v, nv, done, term, GAMMA, LAM, backend=backend)
         return (adv - adv.mean()) / (adv.std() + 1e-8), ret
 
     args = make((8, 64))

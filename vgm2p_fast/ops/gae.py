@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import _load_ext, implementation
+from .._backend import _load_ext, resolve
 from .._checks import check_same_shape, check_tensor
 
 IMPLEMENTED = ("torch", "ext")
@@ -102,6 +102,7 @@ def gae(
             bootstrap.
         gamma: discount in [0, 1]; lam: GAE lambda in [0, 1].
         backend: ``auto`` (default: the extension when built), ``torch`` or ``ext``.
+            Traces under ``torch.compile(fullgraph=True)``.
 
     Returns:
         ``advantage`` (..., T) and ``lambda_return = advantage + value`` (..., T), both new
@@ -117,9 +118,18 @@ def gae(
     check_same_shape(names, tensors)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam: expected values in [0, 1], found {gamma}, {lam}")
+    fn = torch.ops.vgm2p_fast.gae if _backend_for(reward.device.type, backend) == "ext" else gae_ref
     with torch.no_grad():
-        fn = implementation("gae", IMPLEMENTED, reward.device, backend, gae_ref)
         return fn(reward, value, next_value, done, terminal, float(gamma), float(lam))
+
+
+@torch.compiler.assume_constant_result
+def _backend_for(device_type: str, backend: str | None) -> str:
+    """``_backend.resolve`` for this op. Under ``torch.compile`` it runs once at trace time and
+    its answer is baked into the graph (dynamo cannot trace the module import inside it), so
+    ``vf.ops.gae`` traces with ``fullgraph=True``; a later change of ``VGM2P_BACKEND`` does not
+    reach an already compiled graph."""
+    return resolve("gae", IMPLEMENTED, torch.device(device_type), backend)
 
 
 if _load_ext()[0] is not None:
