@@ -166,7 +166,12 @@ def report(ops: dict[str, Sequence[str]], device: torch.device) -> list[tuple[st
     rows = []
     for op, implemented in ops.items():
         chosen = resolve(op, implemented, device)
-        skipped = [f"{name}: {status(name, op, device)[1] or 'interpreter only'}"
-                   for name in _PREFERENCE[: _PREFERENCE.index(chosen)] if name in implemented]
+        skipped = []
+        for name in _PREFERENCE[: _PREFERENCE.index(chosen)]:
+            if name in implemented:
+                on_cpu_triton = name == "triton" and device.type == "cpu"
+                why = ("CUDA tensors only (the interpreter runs it on CPU, for tests)"
+                       if on_cpu_triton else status(name, op, device)[1])
+                skipped.append(f"{name}: {why}")
         rows.append((op, chosen, "; ".join(skipped)))
     return rows

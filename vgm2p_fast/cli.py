@@ -49,7 +49,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     for dev in devices:
         print(f"backends on {dev.type} (auto):")
         for op, chosen, why in _backend.report(REGISTRY, dev):
-            print(f"  {op:22s} {chosen:7s} {('(not faster: ' + why + ')') if why else ''}")
+            print(f"  {op:22s} {chosen:7s} {f'(skipped {why})' if why else ''}")
     if not ext:
         print("note: running on the torch references for ops the extension would provide")
     return 0
