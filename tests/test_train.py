@@ -218,7 +218,7 @@ def test_default_train_on_the_bundled_dataset(tmp_path):
     """`vgm2p train` with only a size override: the bundled dataset, value guidance, training,
     evaluation in the environment when the extra is installed, summary.json."""
     out = tmp_path / "run"
-    res = _cli("train", "--out", str(out), "--steps", "150", "--value-warmup", "50",
+    res = _cli("train", "--out", str(out), "--steps", "250", "--value-warmup", "50",
                "--hidden-dims", "64", "64", "--eval-episodes", "1", "--quiet", timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
