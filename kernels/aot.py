@@ -61,6 +61,17 @@ def _short(dtype: torch.dtype) -> str:
     return SIG_DTYPES[dtype]
 
 
+def _matmul_variants(dtypes: list[torch.dtype]) -> list[tuple[torch.dtype, str, str]]:
+    """(dtype, tl.dot input precision, label): float32 both ways, since ``fp32_precision``
+    follows ``torch.backends.cuda.matmul.allow_tf32`` at launch time."""
+    out = []
+    for dt in dtypes:
+        out.append((dt, "ieee", _short(dt)))
+        if dt == torch.float32:
+            out.append((dt, "tf32", "fp32-tf32"))
+    return out
+
+
 def configs(quick: bool = False) -> list[Config]:
     """Every configuration the launchers can pick, with the launchers' own block tables.
 
@@ -71,6 +82,7 @@ def configs(quick: bool = False) -> list[Config]:
     both ways (bias, tangent, saved act', p = 1, gradient, null, bounds, guidance).
     mlp_cfg_sample: its one block table and action tile, guided (GELU) and not (SiLU), both
     decodings, 16/32-bit storage (``mlp_fits`` keeps float64 off this path).
+    float32 matmuls both as IEEE and TF32 (linear_jvp follows torch's allow_tf32 switch).
     ``quick``: bfloat16, one activation and one tile per kernel.
     """
     dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16,
@@ -78,29 +90,29 @@ def configs(quick: bool = False) -> list[Config]:
     acts = ["gelu_tanh"] if quick else list(ACT_IDS)
     out = []
     bwd = linear_jvp.BWD
-    for dt in dtypes:
-        fwd, prec = linear_jvp.fwd_config(dt), _common.fp32_precision(dt)
+    for dt, prec, label in _matmul_variants(dtypes):
+        fwd = linear_jvp.fwd_config(dt)
         for act in acts:
             out.append(Config(
-                f"linear_jvp.fwd[{act},{_short(dt)}]", linear_jvp._fwd_kernel, dt,
+                f"linear_jvp.fwd[{act},{label}]", linear_jvp._fwd_kernel, dt,
                 {"ACT": ACT_IDS[act], "HAS_BIAS": True, "HAS_TANGENT": True, "SAVE_GRAD": True,
                  "ACC": acc_dtype(dt), "PRECISION": prec,
                  "BM": fwd["BM"], "BN": fwd["BN"], "BK": fwd["BK"]}, fwd["num_warps"]))
         if not quick:  # the inference layer: no bias, no tangent, nothing saved
             out.append(Config(
-                f"linear_jvp.fwd[silu,plain,{_short(dt)}]", linear_jvp._fwd_kernel, dt,
+                f"linear_jvp.fwd[silu,plain,{label}]", linear_jvp._fwd_kernel, dt,
                 {"ACT": ACT_IDS["silu"], "HAS_BIAS": False, "HAS_TANGENT": False,
                  "SAVE_GRAD": False, "ACC": acc_dtype(dt), "PRECISION": prec,
                  "BM": fwd["BM"], "BN": fwd["BN"], "BK": fwd["BK"]}, fwd["num_warps"]))
         blk = {"BM": bwd["BM"], "BN": bwd["BN"], "BK": bwd["BK"]}
         out.append(Config(
-            f"linear_jvp.bwd_dx[silu,{_short(dt)}]", linear_jvp._bwd_dx_kernel, dt,
+            f"linear_jvp.bwd_dx[silu,{label}]", linear_jvp._bwd_dx_kernel, dt,
             {"ACT": ACT_IDS["silu"], "ACC": acc_dtype(dt), "PRECISION": prec, **blk},
             bwd["num_warps"]))
         part = torch.float64 if dt == torch.float64 else torch.float32
         for has_bias in (True,) if quick else (True, False):
             out.append(Config(
-                f"linear_jvp.bwd_dw[silu,{'bias' if has_bias else 'no bias'},{_short(dt)}]",
+                f"linear_jvp.bwd_dw[silu,{'bias' if has_bias else 'no bias'},{label}]",
                 linear_jvp._bwd_dw_kernel, dt,
                 {"ACT": ACT_IDS["silu"], "HAS_BIAS": has_bias, "ACC": acc_dtype(dt),
                  "PRECISION": prec, **blk}, bwd["num_warps"], {"dw_ptr": part, "db_ptr": part}))
@@ -135,16 +147,18 @@ def configs(quick: bool = False) -> list[Config]:
                 _common.ROW_NUM_WARPS))
     mlp = cfg_sample.MLP
     mlp_cases = [(True, False)] if quick else [(g, d) for g in (True, False) for d in (False, True)]
-    for dt in [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16]:
+    mlp_dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16]
+    for dt in mlp_dtypes:  # always IEEE float32: see cfg_sample.MLP
+        prec, label = "ieee", _short(dt)
         for guided, discrete in mlp_cases:
             kind = "discrete" if discrete else "continuous"
             act = "gelu_tanh" if guided else "silu"
             out.append(Config(
-                f"mlp_cfg_sample[{kind},{act},{'guided' if guided else 'unguided'},{_short(dt)}]",
+                f"mlp_cfg_sample[{kind},{act},{'guided' if guided else 'unguided'},{label}]",
                 cfg_sample._mlp_kernel, dt,
                 {"ACT": ACT_IDS[act], "GUIDED": guided, "HAS_BOUNDS": not discrete,
                  "DISCRETE": discrete, "ACC": acc_dtype(dt),
-                 "PRECISION": _common.fp32_precision(dt), "BM": mlp["BM"], "BN": mlp["BN"],
+                 "PRECISION": prec, "BM": mlp["BM"], "BN": mlp["BN"],
                  "BK": mlp["BK"], "DP": cfg_sample.MLP_DP}, mlp["num_warps"],
                 {"dims_ptr": torch.int32, "scr_ptr": torch.float32,
                  **({"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {})}))

@@ -37,7 +37,6 @@ from ._common import (
     ROW_NUM_WARPS,
     acc_dtype,
     act_and_grad,
-    fp32_precision,
     mma,
     row_blocks,
 )
@@ -152,6 +151,9 @@ def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | Non
 # BM = 16: tl.dot's smallest M. BK = 16 keeps the per-thread operand tiles small: the AOT
 # report of BK = 64 hit a 128-register cap of ptxas with 8-40 bytes of spills (float32, sm_80);
 # at BK = 16 every variant takes 64-109 registers, no spills.
+# float32 always multiplies in IEEE here, whatever torch's allow_tf32 says: for 16-row tiles the
+# tensor cores gain nothing, and the TF32 variant was capped at 64 registers by ptxas on sm_80
+# and spilled 16-52 bytes.
 MLP = {"BM": 16, "BN": 64, "BK": 16, "num_warps": 8}
 # One action tile for every action dim <= 64: the final (16, 64) tile costs nothing next to the
 # hidden layers, and kernels/aot.py then compiles exactly what runs (at DP = 16 the unguided
@@ -301,7 +303,7 @@ def _mlp_cfg_sample_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         z if avail is None else avail, out, m, x.shape[-1], n_layers, w_out, w_in, width, d,
         2 if guided else 1, sxg, sxm, float(guidance), float(step),
         ACT=ACT_IDS[activation], GUIDED=guided, HAS_BOUNDS=low is not None, DISCRETE=discrete,
-        ACC=acc, PRECISION=fp32_precision(x.dtype), BM=MLP["BM"], BN=MLP["BN"], BK=MLP["BK"],
+        ACC=acc, PRECISION="ieee", BM=MLP["BM"], BN=MLP["BN"], BK=MLP["BK"],
         DP=MLP_DP, num_warps=MLP["num_warps"])
     return out
 
