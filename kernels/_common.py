@@ -44,6 +44,18 @@ def row_blocks(d: int) -> tuple[int, int]:
     return ROW_BLOCK_ELEMS // block_d, block_d
 
 
+def check_device(t: torch.Tensor) -> None:
+    """CPU tensors can only run under the interpreter, and only if it was on when triton was
+    imported (``TRITON_INTERPRET=1`` set later is not seen: triton would fail obscurely)."""
+    if t.device.type == "cpu" and not INTERPRET:
+        from vgm2p_fast._backend import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "triton kernels got CPU tensors but triton was imported without the interpreter: "
+            "set TRITON_INTERPRET=1 before anything imports triton (slow, for tests only), or "
+            "use CUDA tensors")
+
+
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:
     """Accumulate in float64 for float64 inputs, else float32 (half inputs never accumulate in
     half: a 256-term bf16 sum would lose ~8 bits)."""

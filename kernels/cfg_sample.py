@@ -37,6 +37,7 @@ from ._common import (
     ROW_NUM_WARPS,
     acc_dtype,
     act_and_grad,
+    check_device,
     mma,
     row_blocks,
 )
@@ -143,6 +144,7 @@ def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | Non
     ``z, u_cond, u_null (..., D)``, ``low, high (D,)``, ``avail (..., D) bool`` -> continuous
     actions ``(..., D)`` in ``z.dtype`` or discrete ids ``(...)`` int64. No autograd.
     """
+    check_device(z)
     return _cfg_sample_op(z, u_cond, u_null, float(guidance), float(step), low, high, avail,
                           discrete)
 
@@ -339,6 +341,7 @@ def mlp_cfg_sample(x: torch.Tensor, pack: MLPPack, z: torch.Tensor, activation: 
         ``(M, D)``/``(G, M, D)`` continuous actions or ``(M,)``/``(G, M)`` int64 ids.
         Validation is the caller's (the policy's); inputs are assumed consistent.
     """
+    check_device(z)
     if z.shape[-1] > MLP_DP:
         raise ValueError(f"z: expected at most {MLP_DP} action dims for the one-launch "
                          f"path (see mlp_fits), found {z.shape[-1]}")

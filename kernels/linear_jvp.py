@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ACT_IDS, acc_dtype, act_and_grad, fp32_precision, mma
+from ._common import ACT_IDS, acc_dtype, act_and_grad, check_device, fp32_precision, mma
 
 # Launch configurations, the ones kernels/aot.py compiles for sm_80/sm_90 (0 spills there).
 # Forward with 4-byte/8-byte inputs: BK = 16, since the (ieee) fp32 dot keeps its operands in
@@ -318,6 +318,7 @@ def linear_jvp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     per-agent ``x (G, M, in)``, ``weight (G, out, in)``, ``bias (G, out)``, ``dx (G, M, k)``.
     Returns ``h`` (..., M, out) with autograd into x, weight, bias and ``dh`` (detached) or None.
     """
+    check_device(x)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     h, dh, _ = _linear_jvp_fwd(x, weight, bias, dx, activation, save)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ROW_NUM_WARPS, row_blocks
+from ._common import ROW_NUM_WARPS, check_device, row_blocks
 
 
 @triton.jit
@@ -137,6 +137,7 @@ def meanflow_target_loss(u: torch.Tensor, dudt: torch.Tensor, v_g: torch.Tensor,
     ``u, dudt, v_g (..., D)``, ``t, r (...)`` -> ``loss (...)`` with autograd into ``u`` only,
     and ``L (...)`` detached; both in the promoted dtype of (u, t, r), like the reference.
     """
+    check_device(u)
     need_grad = torch.is_grad_enabled() and u.requires_grad
     loss, raw, _ = _loss_op(u, dudt, v_g, t, r, float(norm_p), float(norm_eps), need_grad)
     return loss, raw

@@ -292,3 +292,23 @@ def test_auto_picks_the_triton_kernels_on_cuda_only(op):
     assert _backend.implementation(op, REGISTRY[op], torch.device("cuda"), None, ref) is kernel
     assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), None, ref) is ref
     assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), "triton", ref) is kernel
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="about CPU tensors reaching the kernels")
+def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
+    """TRITON_INTERPRET=1 set after triton was imported is not seen by triton: the kernels say
+    so instead of failing inside triton."""
+    from vgm2p_fast.kernels import _common
+    from vgm2p_fast.kernels.cfg_sample import cfg_sample
+    from vgm2p_fast.kernels.meanflow_target_loss import meanflow_target_loss
+
+    from vgm2p_fast import BackendUnavailableError
+
+    monkeypatch.setattr(_common, "INTERPRET", False)
+    x = torch.zeros(2, 3)
+    calls = [lambda: linear_jvp(x, torch.zeros(4, 3), backend="triton"),
+             lambda: meanflow_target_loss(x, x, x, torch.zeros(2), torch.zeros(2)),
+             lambda: cfg_sample(x, x)]
+    for call in calls:
+        with pytest.raises(BackendUnavailableError, match="set TRITON_INTERPRET=1 before"):
+            call()
