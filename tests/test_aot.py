@@ -58,3 +58,12 @@ def test_refuses_to_run_under_the_interpreter():
     res = subprocess.run([sys.executable, "-m", "vgm2p_fast.kernels.aot", "--quick"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and "unset TRITON_INTERPRET" in res.stderr
+
+
+def test_importing_the_package_does_not_import_triton():
+    code = ("import sys, vgm2p_fast, vgm2p_fast.ops; import torch; "
+            "x = torch.zeros(2, 3); vgm2p_fast.ops.cfg_sample(x, x); "
+            "assert 'triton' not in sys.modules, 'triton imported'")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
