@@ -60,10 +60,14 @@ def test_refuses_to_run_under_the_interpreter():
     assert res.returncode == 2 and "unset TRITON_INTERPRET" in res.stderr
 
 
-def test_importing_the_package_does_not_import_triton():
-    code = ("import sys, vgm2p_fast, vgm2p_fast.ops; import torch; "
-            "x = torch.zeros(2, 3); vgm2p_fast.ops.cfg_sample(x, x); "
-            "assert 'triton' not in sys.modules, 'triton imported'")
+def test_package_works_where_triton_cannot_be_imported():
+    """vgm2p_fast never needs triton outside ``kernels/``: with triton made unimportable the
+    package imports and an op runs on its torch path. (Whether ``triton`` ends up in
+    ``sys.modules`` is not the check: torch's own dynamo imports it when installed.)"""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, vgm2p_fast, vgm2p_fast.ops\n"
+            "x = torch.zeros(2, 3); vgm2p_fast.ops.cfg_sample(x, x)\n"
+            "vgm2p_fast.MeanFlowPolicy(3, 2, 2, hidden_dims=(8,))(torch.zeros(4, 2, 3))\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=_env(), timeout=120)
     assert res.returncode == 0, res.stderr
