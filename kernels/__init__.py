@@ -1,5 +1,6 @@
 """Triton kernels, installed as ``vgm2p_fast.kernels``. Imported lazily by the ops' ``triton``
-backend only: importing ``vgm2p_fast`` never imports this package or triton.
+backend only: importing ``vgm2p_fast`` never imports this package, and nothing outside it
+imports triton (torch's own ``torch.compiler`` may, when triton is installed).
 
 Modules (one op name across kernels/, ops/, tests/, benchmarks/):
 
