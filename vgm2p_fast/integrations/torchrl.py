@@ -49,7 +49,8 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
         guidance: test-time guidance w (1 = off: one network evaluation per agent).
 
     ``forward`` is plain tensor code (no Python loops over agents or envs), so
-    ``torch.compile(actor)`` runs it; the policy's input checks are the only graph breaks.
+    ``torch.compile(actor)`` runs it, across batch sizes: one graph for a continuous policy; a
+    masked discrete one breaks at the policy's check of the mask (data-dependent).
     """
 
     def __init__(self, policy: MeanFlowPolicy,
