@@ -16,7 +16,9 @@ o, id, c*)``: one network evaluation per agent.
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -37,6 +39,15 @@ from .ops.meanflow_target_loss import meanflow_target_loss_ref
 
 JVP_BACKENDS = ("auto", "torch", "triton", "func")
 _SAVE_FORMAT = "vgm2p_fast.MeanFlowPolicy/1"
+
+
+def _safetensors():
+    """safetensors.torch, or ImportError with the install command (a .safetensors path)."""
+    try:
+        return importlib.import_module("safetensors.torch")
+    except ImportError as exc:
+        raise ImportError(f"a .safetensors policy file needs safetensors ({exc}); "
+                          "`pip install safetensors`, or use a .pt path") from exc
 
 
 class MeanFlowPolicy(nn.Module):
@@ -195,18 +206,45 @@ class MeanFlowPolicy(nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         """Write config + weights (+ JSON-able ``metadata``, e.g. the env spec) to ``path``,
-        atomically (temp file + rename). Loadable by :meth:`load` without any training code."""
+        atomically (temp file + rename). Loadable by :meth:`load` without any training code.
+
+        A path ending in ``.safetensors`` is written with safetensors (weights as tensors,
+        config and metadata as JSON in its header; needs ``pip install safetensors``); any
+        other path with ``torch.save`` (loaded back with ``weights_only=True``)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": _SAVE_FORMAT, "config": self.config,
-                    "state_dict": self.state_dict(), "metadata": metadata or {}}, tmp)
+        if path.suffix == ".safetensors":
+            _safetensors().save_file(
+                {k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp),
+                metadata={"format": _SAVE_FORMAT, "config": json.dumps(self.config),
+                          "metadata": json.dumps(metadata or {})})
+        else:
+            torch.save({"format": _SAVE_FORMAT, "config": self.config,
+                        "state_dict": self.state_dict(), "metadata": metadata or {}}, tmp)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None
              ) -> MeanFlowPolicy:
-        """Rebuild a policy written by :meth:`save`; ``policy.metadata`` holds its metadata."""
-        blob = torch.load(path, map_location=map_location, weights_only=True)
+        """Rebuild a policy written by :meth:`save` (either format, told apart by the file's
+        first bytes: torch.save writes a zip archive); ``policy.metadata`` holds its metadata."""
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+        else:
+            st = _safetensors()
+            try:
+                with st.safe_open(str(path), framework="pt") as f:
+                    header = f.metadata() or {}
+                state = st.load_file(str(path), device=str(map_location or "cpu"))
+                blob = {"format": header.get("format"), "state_dict": state,
+                        "config": json.loads(header.get("config", "{}")),
+                        "metadata": json.loads(header.get("metadata", "{}"))}
+            except Exception as exc:  # safetensors raises its own SafetensorError
+                raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save, "
+                                 f"found neither a torch.save archive nor safetensors "
+                                 f"({exc})") from exc
         if not isinstance(blob, dict) or blob.get("format") != _SAVE_FORMAT:
             raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save "
                              f"(format {_SAVE_FORMAT!r}), found something else")
