@@ -280,3 +280,22 @@ def test_learns_a_bimodal_policy_and_follows_the_condition():
                           - normal.cdf(torch.tensor((-0.4 - m) / s)))
         assert mid < gauss_mid - 0.08, f"token {token}: {mid:.2f} of samples between the " \
             f"modes, a Gaussian fit has {gauss_mid:.2f}"
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_save_load_round_trip(tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors", reason="pip install 'vgm2p_fast[safetensors]'")
+    torch.manual_seed(9)
+    policy = vf.MeanFlowPolicy(4, 3, 2, hidden_dims=(16,), share_parameters=False,
+                               action_low=[-2.0, 0.0, 1.0], action_high=[2.0, 0.5, 3.0])
+    policy.set_obs_normalization(torch.randn(4), torch.rand(4) + 0.5)
+    path = tmp_path / f"policy{suffix}"
+    policy.save(path, metadata={"env": "mamujoco/HalfCheetah-2x3"})
+    loaded = vf.MeanFlowPolicy.load(path)
+    assert loaded.metadata == {"env": "mamujoco/HalfCheetah-2x3"}
+    obs, e = torch.randn(5, 2, 4), torch.randn(5, 2, 3)
+    torch.testing.assert_close(loaded.act(obs, noise=e), policy.act(obs, noise=e), rtol=0, atol=0)
+    (tmp_path / "junk.pt").write_bytes(b"definitely not a policy")
+    with pytest.raises(ValueError, match=r"MeanFlowPolicy\.save"):
+        vf.MeanFlowPolicy.load(tmp_path / "junk.pt")
