@@ -11,10 +11,10 @@ weights, continuous actions, observation normalisation on): only the sampling sc
 - ``ddpm200``: epsilon-prediction DDPM, 200 ancestral steps (MADiff / DoF configurations).
 
 At B = 1 env (decentralised execution: 6 rows) and B = 1024 envs (6144 rows); under
-``--benchmark-disable`` (the CI smoke) the large batch shrinks to 16 envs. B = 1 and the smoke
-run on one thread (README, "acting on a CPU with small batches": on the shared 2-core machine a 2-thread
-DDPM call at B = 1 took 26 s instead of 0.02 s, each of its ~3000 small ops waiting for the
-second thread). Goal on CPU, one run:
+``--benchmark-disable`` (the CI smoke) the large batch shrinks to 16 envs. B = 1 and the
+smoke run on one thread (README, "acting on a CPU with small batches": on the shared 2-core
+machine a 2-thread DDPM call at B = 1 took 26 s instead of 0.1 s, each of its ~3000 small ops
+waiting for the second thread). Goal on CPU, one run:
 ``vgm2p`` <= 1.2x ``mlp`` at B = 1 env. Run: ``pytest benchmarks/bench_act.py --benchmark-only``.
 """
 
