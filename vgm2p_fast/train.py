@@ -50,7 +50,7 @@ class TrainConfig:
 
     dataset: str = BUNDLED_DEFAULT
     out: str = ""                      # default: runs/<dataset name>-<condition>-seed<seed>
-    steps: int = 3000                  # policy gradient steps (after the critic warm-up)
+    steps: int = 10000                 # policy gradient steps (after the critic warm-up)
     seed: int = 0
     batch_size: int = 256              # transitions per step (per rank under DDP)
     lr: float = 3e-4
