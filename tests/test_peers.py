@@ -73,9 +73,12 @@ def test_fast_act_equals_general_path(share, discrete, guidance):
         "per-row": (torch.tensor([0, 1, 2, 3, 1]), torch.tensor([0, 1, 2, 3, 1])),
         "per-agent": (torch.arange(B * N).view(B, N) % 4, torch.arange(B * N).view(B, N) % 4),
     }
-    for name, (cond_act, cond_ref) in cases.items():
-        got = policy.act(obs, avail, cond=cond_act, guidance=guidance, noise=z)
-        want = _general_act(policy, obs, z, cond_ref, guidance, avail)
+    one_env = {"one env": (None, torch.full((1,), policy.exec_token))}  # act's B = 1 branch
+    for name, (cond_act, cond_ref) in [*cases.items(), *one_env.items()]:
+        rows = slice(0, 1) if name == "one env" else slice(None)
+        av = None if avail is None else avail[rows]
+        got = policy.act(obs[rows], av, cond=cond_act, guidance=guidance, noise=z[rows])
+        want = _general_act(policy, obs[rows], z[rows], cond_ref, guidance, av)
         if discrete:
             assert torch.equal(got, want), name
         else:  # float64: the folded sums differ from the concatenated matmul by round-off only

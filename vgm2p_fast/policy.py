@@ -269,7 +269,7 @@ class MeanFlowPolicy(nn.Module):
     def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
         # inputs must match the parameters' dtype and device; the first weight is read from the
         # module dict, not as self.weights[0] (~3 us of ParameterList indexing per act call)
-        w = self._exec_sources()[0]
+        w = self._modules["weights"]._parameters["0"]
         return check_tensor("obs", obs, shape=(None, self.n_agents, self.obs_dim),
                             dtypes=(w.dtype,), device=w.device)
 
@@ -632,6 +632,12 @@ class MeanFlowPolicy(nn.Module):
             return None
         w_in, table = fold
         x = torch.cat([z, obs], dim=-1)
+        if isinstance(cond, int) and not guided and self.share_parameters and z.shape[0] == 1:
+            # one env (decentralised execution): the bias rows are exactly table[cond], so the
+            # add fuses into the matmul (one op fewer, ~1.5 us of ~90)
+            pre = torch.addmm(table[cond], x[0], w_in.t())
+            h = self._layers(activation_fn(pre, self.activation), None, layer, start=1)[0]
+            return self._unlayout(h, 1)
         if self.share_parameters:
             pre = torch.matmul(x, w_in.t())  # [B', N, H]
         else:
