@@ -212,6 +212,7 @@ def chart(groups: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [g for g in ("meanflow-step-kappa0-B256-shared-continuous",
                           "meanflow-step-kappa0-B4096-shared-continuous", "act-B1x6",
@@ -228,6 +229,8 @@ def chart(groups: dict, path: Path) -> None:
                   else "tab:red" for n in names]
         ax.barh(names, vals, color=colors)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.axvline(1.0, color="black", lw=0.8)
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:.2f}x", va="center", fontsize=8)
