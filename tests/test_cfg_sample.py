@@ -181,8 +181,12 @@ def test_triton_op_registration_passes_opcheck(opcheck_utils):
 
 def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):
     """Actions of ``policy.act`` (torch backend) and the input its MLP's first layer received:
-    the inputs mlp_cfg_sample takes are built by MeanFlowPolicy._run itself."""
+    the inputs mlp_cfg_sample takes are built by MeanFlowPolicy._run itself. ``act``'s folded
+    execution path (first layer pre-summed, equal to ``_run``: tests/test_peers.py) is switched
+    off here, so that the first layer sees the full ``_run`` input."""
     from vgm2p_fast import _backend
+
+    policy._exec_velocity = lambda *args, **kwargs: None  # instance attribute: general path
 
     captured, real = [], _backend.implementation
 
@@ -203,6 +207,7 @@ def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):
         actions = policy.act(obs, avail, guidance=guidance, noise=z)
     finally:
         _backend.implementation = real
+        del policy._exec_velocity
     return actions, captured[-1]
 
 
