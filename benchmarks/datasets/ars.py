@@ -88,8 +88,16 @@ def episode(env: gym.Env, policy: LinearPolicy, seed: int,
 
 
 def train(env_id: str, iterations: int, directions: int, top: int, step_size: float,
-          noise: float, seed: int, log_every: int = 10) -> tuple[LinearPolicy, list[float]]:
-    """ARS V2-t; returns the policy and the evaluation return logged every ``log_every``."""
+          noise: float, seed: int, log_every: int = 10,
+          snapshots: list[tuple[int, LinearPolicy, float]] | None = None
+          ) -> tuple[LinearPolicy, list[float]]:
+    """ARS V2-t; returns the policy and the evaluation return logged every ``log_every``.
+
+    ``snapshots``, when given, receives ``(iteration, policy, eval return)`` at every log
+    point: the intermediate policies the medium / medium-replay datasets are recorded from.
+    Evaluation episodes use their own seeds (``10_000 + it``), so logging more often does not
+    change the training trajectory.
+    """
     with quiet_mujoco_compile():
         env = gym.make(env_id)
     obs_dim = env.observation_space.shape[0]
@@ -118,9 +126,28 @@ def train(env_id: str, iterations: int, directions: int, top: int, step_size: fl
         if (it + 1) % log_every == 0 or it + 1 == iterations:
             ret = episode(env, LinearPolicy(M, stat.mean, stat.std), 10_000 + it)
             history.append(ret)
+            if snapshots is not None:
+                snapshots.append((it + 1, LinearPolicy(M.copy(), stat.mean.copy(),
+                                                       stat.std.copy()), ret))
             print(f"iter {it + 1:4d}  eval return {ret:9.1f}  "
                   f"mean of directions {returns.mean():9.1f}", flush=True)
     return LinearPolicy(M, stat.mean.copy(), stat.std.copy()), history
+
+
+def save_snapshots(path: str | Path, snapshots: list[tuple[int, LinearPolicy, float]]) -> None:
+    """Stack the snapshots into one .npz (``M`` (K, act, obs), ``mean``/``std`` (K, obs),
+    ``iterations`` (K,), ``eval_returns`` (K,))."""
+    np.savez(path, iterations=np.array([it for it, _, _ in snapshots]),
+             eval_returns=np.array([r for _, _, r in snapshots]),
+             M=np.stack([p.M for _, p, _ in snapshots]),
+             mean=np.stack([p.mean for _, p, _ in snapshots]),
+             std=np.stack([p.std for _, p, _ in snapshots]))
+
+
+def load_snapshots(path: str | Path) -> list[tuple[int, LinearPolicy, float]]:
+    with np.load(path) as f:
+        return [(int(it), LinearPolicy(M, mean, std), float(r)) for it, r, M, mean, std in
+                zip(f["iterations"], f["eval_returns"], f["M"], f["mean"], f["std"])]
 
 
 def main() -> None:
@@ -132,11 +159,17 @@ def main() -> None:
     p.add_argument("--step-size", type=float, default=0.02)
     p.add_argument("--noise", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--snapshots-out", default=None,
+                   help=".npz of the policy at every log point (see save_snapshots)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     t0 = time.perf_counter()
+    snaps: list[tuple[int, LinearPolicy, float]] = []
     policy, history = train(a.env, a.iterations, a.directions, a.top, a.step_size, a.noise,
-                            a.seed)
+                            a.seed, a.log_every, snaps)
+    if a.snapshots_out:
+        save_snapshots(a.snapshots_out, snaps)
     wall = time.perf_counter() - t0
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     policy.save(a.out, env=a.env, iterations=a.iterations, directions=a.directions, top=a.top,

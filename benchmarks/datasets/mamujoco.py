@@ -7,14 +7,26 @@ the agents with the environment's own partition (``vgm2p_fast.envs.mamujoco_acti
 Episodes are recorded through ``vgm2p_fast.envs.rollout``, the loop evaluation uses, so the
 dataset sees exactly what evaluation sees.
 
-Qualities (each a mix of episode groups; a group's actions are
-``clip(pi(s) + sigma * N(0, I), -1, 1)``, or uniform in ``[-1, 1]`` for ``random``):
+Qualities (each a list of episode groups; a group's actions are
+``clip(pi(s) + sigma * N(0, I), -1, 1)`` for one of the ARS policies ``pi``, or uniform in
+``[-1, 1]`` for ``random``). ``expert`` is the final ARS policy (100 iterations), ``medium``
+the ARS iterate whose logged return is closest to 1/3 of the expert's reference return
+(``policies/<scenario>-v5-ars-snapshots.npz`` holds every iterate up to 30):
 
-- ``mixed``: 30% sigma=0.1, 25% sigma=0.2, 20% sigma=0.5, 25% random: returns spread from
-  random play to the behaviour policy's, so value guidance has something to separate (with
-  sigma >= 0.2 the cheetah often flips onto its back mid-episode, so good and bad stretches
-  also alternate inside episodes).
-- ``expert`` (sigma=0.1), ``medium`` (sigma=0.2), ``random``.
+- ``expert``: the expert policy, sigma=0.1.
+- ``medium``: the medium iterate, sigma=0.1.
+- ``medium-replay``: every ARS iterate from 1 to the medium one, equally many episodes each,
+  sigma=0.1: a replay of the learning run up to medium (as D4RL's, from random-like play up).
+- ``medium-expert``: half medium, half expert, recorded with the same seeds as ``medium`` and
+  ``expert``, so ``--episodes 2E`` is exactly the union of the two ``--episodes E`` datasets.
+- ``mixed`` (the bundled file): 30% expert sigma=0.1, 25% sigma=0.2, 20% sigma=0.5, 25%
+  random: returns spread from random play to the behaviour policy's, so value guidance has
+  something to separate (with sigma >= 0.2 the cheetah often flips onto its back
+  mid-episode, so good and bad stretches also alternate inside episodes).
+- ``random``: uniform random actions.
+
+Group ``k`` of a quality is recorded by ``rollout(seed=100 * seed + offset_k)`` with a fixed
+offset per group kind (table ``QUALITIES``), so a group is the same episodes in every quality.
 
 The bundled file::
 
@@ -42,31 +54,49 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import ars  # noqa: E402
+from card import write_card  # noqa: E402
 
 from vgm2p_fast import envs  # noqa: E402
 from vgm2p_fast.datasets import write_dataset  # noqa: E402
 
-# (noise sigma or None for uniform random actions, share of the episodes)
-QUALITIES: dict[str, list[tuple[float | None, float]]] = {
-    "mixed": [(0.1, 0.30), (0.2, 0.25), (0.5, 0.20), (None, 0.25)],
-    "expert": [(0.1, 1.0)],
-    "medium": [(0.2, 1.0)],
-    "random": [(None, 1.0)],
+# A group: (policy: "expert" | "medium" | "replay" | None for uniform random, sigma, share of
+# the episodes, rollout seed offset). "replay" expands to one group per ARS iterate 1..medium
+# (offset 20 + iterate), sharing the group's episodes equally.
+QUALITIES: dict[str, list[tuple[str | None, float, float, int]]] = {
+    "mixed": [("expert", 0.1, 0.30, 0), ("expert", 0.2, 0.25, 1), ("expert", 0.5, 0.20, 2),
+              (None, 0.0, 0.25, 3)],
+    "expert": [("expert", 0.1, 1.0, 0)],
+    "medium": [("medium", 0.1, 1.0, 10)],
+    "medium-replay": [("replay", 0.1, 1.0, 20)],
+    "medium-expert": [("medium", 0.1, 0.5, 10), ("expert", 0.1, 0.5, 0)],
+    "random": [(None, 0.0, 1.0, 3)],
 }
+DEFINITIONS = {
+    "expert": "the expert ARS policy (iterate 100) with Gaussian action noise sigma 0.1",
+    "medium": "ARS iterate {medium} (its logged noiseless return is the closest to 1/3 of the "
+              "expert reference, on the random-to-expert scale), sigma 0.1",
+    "medium-replay": "ARS iterates 1 to {medium} (medium), equally many episodes each, sigma "
+                     "0.1: the learning run replayed up to medium",
+    "medium-expert": "the episodes of `medium` and `expert` (same seeds): half each",
+    "mixed": "30% expert sigma 0.1, 25% sigma 0.2, 20% sigma 0.5, 25% uniform random",
+    "random": "uniform random actions",
+}
+SNAPSHOT_ITERATIONS = 30   # ARS iterates kept for medium / medium-replay (log every 1)
 REFERENCE_EPISODES = 10
 
 
-def split_episodes(total: int, mix: list[tuple[float | None, float]]) -> list[int]:
+def split_episodes(total: int, shares: list[float]) -> list[int]:
     """Episodes per group: largest remainders, so that the counts add up to ``total``."""
-    raw = np.array([share for _, share in mix]) * total
+    raw = np.array(shares) * total
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts))[: total - counts.sum()]:
         counts[i] += 1
     return counts.tolist()
 
 
-def behaviour_act_fn(policy: ars.LinearPolicy | None, index: np.ndarray, sigma: float | None):
-    """act_fn(obs, avail, state) of rollout(pass_state=True): the noisy joint policy per agent.
+def behaviour_act_fn(policy: ars.LinearPolicy | None, index: np.ndarray, sigma: float):
+    """act_fn(obs, avail, state) of rollout(pass_state=True): the noisy joint policy per agent
+    (uniform random actions when ``policy`` is None).
 
     ``index`` (N, D): single-agent action id of each agent's dim (-1: padding, action 0).
     """
@@ -74,7 +104,7 @@ def behaviour_act_fn(policy: ars.LinearPolicy | None, index: np.ndarray, sigma: 
     pad = torch.from_numpy(index < 0)
 
     def act(obs: torch.Tensor, avail: torch.Tensor | None, state: torch.Tensor) -> torch.Tensor:
-        if sigma is None:
+        if policy is None:
             joint = torch.rand(state.shape[0], int(index.max()) + 1) * 2 - 1
         else:
             joint = torch.from_numpy(policy(state.double().numpy())).float()
@@ -97,6 +127,42 @@ def load_or_train_policy(path: Path, env_id: str, iterations: int, seed: int
     return ars.LinearPolicy.load(path)
 
 
+def load_or_train_snapshots(path: Path, env_id: str, seed: int
+                            ) -> list[tuple[int, ars.LinearPolicy, float]]:
+    """ARS iterates 1..SNAPSHOT_ITERATIONS of the same seeded run as the expert policy (the
+    training trajectory does not depend on how often it is logged)."""
+    if not path.exists():
+        print(f"recording ARS iterates on {env_id} -> {path}", flush=True)
+        snaps: list[tuple[int, ars.LinearPolicy, float]] = []
+        ars.train(env_id, SNAPSHOT_ITERATIONS, directions=16, top=8, step_size=0.02,
+                  noise=0.03, seed=seed, log_every=1, snapshots=snaps)
+        ars.save_snapshots(path, snaps)
+    return ars.load_snapshots(path)
+
+
+def expand_groups(quality: str, episodes: int, expert: ars.LinearPolicy,
+                  snapshots: list[tuple[int, ars.LinearPolicy, float]], medium_it: int
+                  ) -> list[dict]:
+    """The quality's groups with their policy, sigma, episode count, seed offset and label."""
+    mix = QUALITIES[quality]
+    by_it = {it: pol for it, pol, _ in snapshots}
+    groups = []
+    for (kind, sigma, _, offset), count in zip(mix, split_episodes(episodes,
+                                                                   [m[2] for m in mix])):
+        if kind == "replay":
+            its = list(range(1, medium_it + 1))
+            for it, c in zip(its, split_episodes(count, [1 / len(its)] * len(its))):
+                groups.append({"label": f"ARS iterate {it}", "policy": by_it[it],
+                               "sigma": sigma, "episodes": c, "offset": offset + it})
+            continue
+        policy = {"expert": expert, "medium": by_it[medium_it], None: None}[kind]
+        label = ("uniform random" if kind is None else
+                 f"{kind} (ARS iterate {100 if kind == 'expert' else medium_it})")
+        groups.append({"label": f"{label} sigma={sigma}" if kind else label, "policy": policy,
+                       "sigma": sigma, "episodes": count, "offset": offset})
+    return [g for g in groups if g["episodes"] > 0]
+
+
 def stats(x: list[float]) -> dict[str, float]:
     a = np.asarray(x)
     return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
@@ -114,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         "if missing)")
     p.add_argument("--ars-iterations", type=int, default=100)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--card", type=Path, default=None, help="also write the dataset card here")
     a = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -130,26 +197,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"{info['state_dim']}")
     index = envs.mamujoco_action_index(a.env)
 
-    # Reference returns (seeds far from the recorded episodes'): the noiseless behaviour
-    # policy and uniform random play, REFERENCE_EPISODES each.
+    snap_path = HERE / "policies" / f"{scenario.lower()}-v5-ars-snapshots.npz"
+    snapshots = load_or_train_snapshots(snap_path, env_id, a.seed)
+
+    # Reference returns (seeds far from the recorded episodes'): the noiseless expert policy
+    # and uniform random play, REFERENCE_EPISODES each.
     refs = {}
-    for label, sigma in (("behaviour", 0.0), ("random", None)):
-        out = envs.rollout(behaviour_act_fn(policy, index, sigma), a.env, REFERENCE_EPISODES,
+    for label, pol in (("behaviour", policy), ("random", None)):
+        out = envs.rollout(behaviour_act_fn(pol, index, 0.0), a.env, REFERENCE_EPISODES,
                            seed=10_000 + a.seed, record=False, pass_state=True)
         refs[label] = stats(out["returns"])
+    # Medium: the iterate whose logged (noiseless, one-episode) return is closest to 1/3 of
+    # the expert's reference return.
+    target = refs["random"]["mean"] + (refs["behaviour"]["mean"] - refs["random"]["mean"]) / 3
+    medium_it = min(snapshots, key=lambda s: abs(s[2] - target))[0]
 
     parts, groups = [], []
-    mix = QUALITIES[a.quality]
-    for g, ((sigma, _), count) in enumerate(zip(mix, split_episodes(a.episodes, mix))):
-        if count == 0:
-            continue
-        out = envs.rollout(behaviour_act_fn(policy, index, sigma), a.env, count,
-                           seed=a.seed * 100 + g, pass_state=True)
+    for g in expand_groups(a.quality, a.episodes, policy, snapshots, medium_it):
+        out = envs.rollout(behaviour_act_fn(g["policy"], index, g["sigma"]), a.env,
+                           g["episodes"], seed=a.seed * 100 + g["offset"], pass_state=True)
         parts.append(out)
-        groups.append({"sigma": sigma, "episodes": count, "returns": stats(out["returns"])})
-        label = "random" if sigma is None else f"sigma={sigma}"
-        print(f"{label:10s} {count:3d} episodes  return {groups[-1]['returns']['mean']:9.1f} "
-              f"+- {groups[-1]['returns']['std']:.1f}", flush=True)
+        groups.append({"label": g["label"], "sigma": g["sigma"], "episodes": g["episodes"],
+                       "seed": a.seed * 100 + g["offset"], "returns": stats(out["returns"])})
+        print(f"{g['label']:32s} {g['episodes']:3d} episodes  return "
+              f"{groups[-1]['returns']['mean']:9.1f} +- {groups[-1]['returns']['std']:.1f}",
+              flush=True)
     data = {k: np.concatenate([o[k] for o in parts]) for k in
             ("observations", "actions", "rewards", "terminals", "truncations", "states",
              "next_states")}
@@ -160,16 +232,25 @@ def main(argv: list[str] | None = None) -> int:
         a.out, **data, env=a.env, action_low=info["action_low"],
         action_high=info["action_high"],
         generator=command, quality=a.quality, seed=a.seed, episodes=a.episodes,
-        behaviour_policy=f"linear ARS on {env_id} ({policy_path.name})",
+        behaviour_policy=f"linear ARS on {env_id} ({policy_path.name}, {snap_path.name})",
+        medium_iterate=medium_it,
         groups=json.dumps(groups), ref_behaviour_return=refs["behaviour"]["mean"],
         ref_random_return=refs["random"]["mean"],
     )
     summary = {"env": a.env, "quality": a.quality, "seed": a.seed, "episodes": a.episodes,
                "transitions": int(data["rewards"].shape[0]), "returns": stats(returns),
-               "groups": groups, "reference": refs, "wall_s": round(wall, 1),
-               "file_bytes": a.out.stat().st_size, "command": command,
+               "groups": groups, "reference": refs, "medium_iterate": medium_it,
+               "wall_s": round(wall, 1), "file_bytes": a.out.stat().st_size,
+               "command": command, "out": str(a.out),
                "python": platform.python_version(), "numpy": np.__version__,
                "torch": torch.__version__}
+    if a.card:
+        note = (f"linear ARS policy on single-agent `{env_id}` acting on the global state, its "
+                "joint action split over the agents by `vgm2p_fast.envs.mamujoco_action_index`"
+                f"; `benchmarks/datasets/policies/{policy_path.name}` (expert, 100 iterations) "
+                f"and `{snap_path.name}` (iterates 1-{SNAPSHOT_ITERATIONS} of the same seeded "
+                "run), retrained by the generator when missing (`ars.py`, ~1-2.5 min)")
+        write_card(a.card, summary, DEFINITIONS[a.quality].format(medium=medium_it), note)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -1,0 +1,169 @@
+"""Run the learning-results table: datasets x methods x seeds, and the guidance-scale sweep.
+
+Every run is one ``vgm2p train`` process writing to its own directory
+``table-runs/<dataset>/<method>/seed<k>/`` (``vgm2p-g<W>`` for the sweep's scales); a run
+whose ``summary.json`` exists is skipped, one with a ``checkpoint.pt`` is resumed, so the script
+can be stopped and re-run at any time. ``make_table.py`` turns the directories into
+``RESULTS.md`` and the plots.
+
+Methods (all the same network, data, budget and evaluation):
+
+- ``vgm2p``: ``--condition binary`` (VGM²P: CFG on the sign of the GAE advantage).
+- ``meanflow-bc``: ``--condition none`` (the same MeanFlow policy without value guidance).
+- ``fm-bc``: ``--policy-loss flow_matching --condition none --eval-steps 10`` (a plain
+  flow-matching behaviour-cloning policy, sampled in 10 Euler steps).
+
+    python benchmarks/results/run.py --table --sweep --jobs 2     # what RESULTS.md shows
+    python benchmarks/results/run.py --datasets halfcheetah-2x3-medium --methods vgm2p \\
+        --seeds 0 --steps 500 --runs /tmp/runs                   # one quick run
+
+A dataset name is looked up in ``benchmarks/data/<name>.h5`` first, then wherever
+``vgm2p train --dataset NAME`` finds it (bundled data, ``$VGM2P_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vgm2p_fast.train import TrainConfig
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "data"
+RUNS = HERE / "table-runs"
+
+METHODS: dict[str, list[str]] = {
+    "vgm2p": ["--condition", "binary"],
+    "meanflow-bc": ["--condition", "none"],
+    "fm-bc": ["--policy-loss", "flow_matching", "--condition", "none", "--eval-steps", "10"],
+}
+# The table: the smallest useful set first (runs go in this order, so a cut-short run of the
+# script still fills whole rows).
+TABLE_DATASETS = ["halfcheetah-2x3-medium", "halfcheetah-2x3-medium-replay",
+                  "halfcheetah-2x3-expert", "halfcheetah-2x3-medium-expert",
+                  "smax-3m-medium", "smax-3m-poor", "smax-3m-good",
+                  "halfcheetah-6x1-medium", "halfcheetah-6x1-medium-replay",
+                  "halfcheetah-6x1-expert", "halfcheetah-6x1-medium-expert",
+                  "smax-2s3z-medium", "smax-2s3z-poor", "smax-2s3z-good"]
+SWEEP_DATASETS = ["halfcheetah-2x3-medium-replay", "smax-3m-medium"]
+SWEEP_GUIDANCE = [1.0, 1.5, 2.0, 3.0, 4.0]
+SEEDS = [0, 1, 2]
+
+
+def dataset_arg(name: str) -> str:
+    """benchmarks/data/<name>.h5 when it exists, else the name (bundled or cached)."""
+    path = DATA / f"{name}.h5"
+    return str(path) if path.exists() else name
+
+
+def method_args(method: str) -> list[str]:
+    """CLI options of a method name: a METHODS key, or ``vgm2p-g<W>`` (guidance W)."""
+    if method in METHODS:
+        return METHODS[method]
+    if method.startswith("vgm2p-g"):
+        return METHODS["vgm2p"] + ["--guidance", method.removeprefix("vgm2p-g")]
+    raise ValueError(f"method: expected one of {sorted(METHODS)} or vgm2p-g<W>, found "
+                     f"{method!r}")
+
+
+def sweep_method(w: float) -> str:
+    """The run name of guidance ``w``: the table's ``vgm2p`` runs at the default scale."""
+    return "vgm2p" if w == TrainConfig.guidance else f"vgm2p-g{w:g}"
+
+
+def plan(datasets: list[str], methods: list[str], seeds: list[int]
+         ) -> list[tuple[str, str, int]]:
+    """(dataset, method, seed) in run order: seed-major, so each seed completes a full row."""
+    return [(d, m, s) for s in seeds for d in datasets for m in methods]
+
+
+def run_one(runs: Path, dataset: str, method: str, seed: int, *, train_args: list[str],
+            vgm2p: list[str], env: dict[str, str]) -> str:
+    """Train (or resume, or skip) one run; a line saying which and how long."""
+    out = runs / dataset / method / f"seed{seed}"
+    if (out / "summary.json").exists():
+        return f"done already  {out}"
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "checkpoint.pt").exists():
+        cmd = [*vgm2p, "train", "--resume", str(out), "--quiet"]
+    else:
+        cmd = [*vgm2p, "train", "--dataset", dataset_arg(dataset), "--seed", str(seed),
+               "--out", str(out), "--quiet", *method_args(method), *train_args]
+    (out / "command.txt").write_text(" ".join(cmd) + "\n")
+    t0 = time.perf_counter()
+    with open(out / "train.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {rc}; see {out}/train.log")
+    return f"{time.perf_counter() - t0:7.1f} s  {out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="Options after -- go to every `vgm2p train` unchanged.")
+    p.add_argument("--table", action="store_true", help="the table's datasets x methods x seeds")
+    p.add_argument("--sweep", action="store_true", help="the guidance sweep (VGM²P only)")
+    p.add_argument("--datasets", nargs="+", default=None, help="instead of the table's")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"instead of {list(METHODS)} (also vgm2p-g<W>)")
+    p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    p.add_argument("--steps", type=int, default=3000, help="policy gradient steps per run")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--runs", type=Path, default=RUNS, help="root of the run directories")
+    p.add_argument("--jobs", type=int, default=1, help="training processes at once")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (OMP_NUM_THREADS; default: torch's own)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    a, extra = p.parse_known_args(argv)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if a.jobs < 1:
+        p.error(f"--jobs: expected >= 1, found {a.jobs}")
+    for m in a.methods or []:
+        try:
+            method_args(m)
+        except ValueError as exc:
+            p.error(f"--methods: {exc}")
+
+    todo: list[tuple[str, str, int]] = []
+    if a.table or a.datasets or a.methods:
+        todo += plan(a.datasets or TABLE_DATASETS, a.methods or list(METHODS), a.seeds)
+    if a.sweep:
+        todo += plan(SWEEP_DATASETS, [sweep_method(w) for w in SWEEP_GUIDANCE], a.seeds)
+    if not todo:
+        p.error("nothing to run: give --table, --sweep, --datasets or --methods")
+    todo = list(dict.fromkeys(todo))     # the sweep's default scale is the table's vgm2p run
+    train_args = ["--steps", str(a.steps), "--eval-episodes", str(a.eval_episodes), *extra]
+    exe = shutil.which("vgm2p")
+    vgm2p = [exe] if exe else [sys.executable, "-m", "vgm2p_fast.cli"]
+    print(f"{len(todo)} runs, {a.jobs} at a time, `vgm2p train {' '.join(train_args)}`",
+          flush=True)
+    if a.dry_run:
+        for d, m, s in todo:
+            print(f"  {d} {m} seed{s}")
+        return 0
+    env = dict(os.environ)
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+    failed = 0
+    with ThreadPoolExecutor(a.jobs) as pool:
+        one = functools.partial(run_one, a.runs, train_args=train_args, vgm2p=vgm2p, env=env)
+        futures = [pool.submit(one, d, m, s) for d, m, s in todo]
+        for f in futures:
+            try:
+                print(f.result(), flush=True)
+            except RuntimeError as exc:      # one failed run must not stop the others
+                failed += 1
+                print(f"FAILED  {exc}", file=sys.stderr, flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""benchmarks/results: run.py trains and resumes per-run directories, make_table.py turns them
+into RESULTS.md + plots with scores normalised by the dataset's references (toy budget)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+pytest.importorskip("gymnasium_robotics", reason="needs the envs extra: pip install -e '.[envs]'")
+pytest.importorskip("matplotlib")
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RESULTS / script), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_run_and_table_end_to_end(tmp_path: Path) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    toy = ["--datasets", "halfcheetah-2x3-small", "--methods", "vgm2p", "vgm2p-g3",
+           "--seeds", "0", "--steps", "4", "--eval-episodes", "1", "--runs", str(runs),
+           "--jobs", "2", "--", "--value-warmup", "2", "--batch-size", "16",
+           "--hidden-dims", "16", "16", "--value-hidden", "16", "--log-every", "2"]
+    res = _run("run.py", *toy)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summaries = {m: json.loads((runs / "halfcheetah-2x3-small" / m / "seed0" /
+                                "summary.json").read_text()) for m in ("vgm2p", "vgm2p-g3")}
+    assert summaries["vgm2p-g3"]["config"]["guidance"] == 3.0
+    assert summaries["vgm2p"]["config"]["guidance"] == 2.0
+    assert summaries["vgm2p"]["steps"] == 4
+    # A second call finds every run finished and trains nothing.
+    again = _run("run.py", *toy)
+    assert again.returncode == 0 and again.stdout.count("done already") == 2, again.stdout
+
+    res = _run("make_table.py", "--runs", str(runs), "--out", str(out), "--seeds", "1",
+               "--preamble", str(tmp_path / "none.md"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = (out / "RESULTS.md").read_text()
+    with h5py.File(summaries["vgm2p"]["dataset"]) as f:
+        lo, hi = float(f.attrs["ref_random_return"]), float(f.attrs["ref_behaviour_return"])
+    want = 100 * (summaries["vgm2p"]["eval_return_mean"] - lo) / (hi - lo)
+    row = next(ln for ln in text.splitlines() if ln.startswith("| [halfcheetah-2x3-small]"))
+    assert f"| {want:.1f} ± 0.0 |" in row, row
+    assert "| — |" in row                       # methods that did not run stay empty
+    sweep = next(ln for ln in text.splitlines() if ln.startswith("| halfcheetah-2x3-small |"))
+    g3 = 100 * (summaries["vgm2p-g3"]["eval_return_mean"] - lo) / (hi - lo)
+    assert re.search(rf"\| {want:.1f} ± 0\.0 \| {g3:.1f} ± 0\.0 \|", sweep), sweep
+    assert "w = 2 | w = 3" in text
+    for png in ("results.png", "sweep.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_refuses_unknown_method(tmp_path: Path) -> None:
+    res = _run("run.py", "--methods", "dqn", "--runs", str(tmp_path))
+    assert res.returncode == 2 and "--methods" in res.stderr and "'dqn'" in res.stderr
