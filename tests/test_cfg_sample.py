@@ -311,3 +311,27 @@ def test_mlp_cfg_sample_bf16_within_reference_error(close_to_oracle):
     assert got.dtype == torch.bfloat16
     close_to_oracle(got.reshape(3, 2, 5), outs[torch.bfloat16][0], outs[torch.float64][0],
                     "actions")
+
+
+def test_policy_act_takes_the_one_launch_path_when_it_fits(monkeypatch):
+    """On the triton backend one-step act runs mlp_cfg_sample (one launch) for small batches
+    and the layer-by-layer kernels beyond mlp_fits; both equal the torch backend."""
+    import vgm2p_fast.kernels.cfg_sample as kernel
+
+    import vgm2p_fast as vf
+
+    calls = []
+    real = kernel.mlp_cfg_sample
+    monkeypatch.setattr(kernel, "mlp_cfg_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for batch in (2, kernel.MLP_MAX_ROWS + 1):
+        outs = []
+        for backend in ("triton", "torch"):
+            torch.manual_seed(0)
+            policy = vf.MeanFlowPolicy(4, 3, 1, hidden_dims=(8,), backend=backend).to(DEVICE)
+            gen = torch.Generator().manual_seed(1)
+            obs = torch.randn(batch, 1, 4, generator=gen).to(DEVICE)
+            noise = torch.randn(batch, 1, 3, generator=gen).to(DEVICE)
+            outs.append(policy.act(obs, guidance=2.0, noise=noise))
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+        # the small batch adds the one-launch call, the large one (65 rows) does not
+        assert len(calls) == 1, (batch, len(calls))

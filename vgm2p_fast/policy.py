@@ -326,17 +326,7 @@ class MeanFlowPolicy(nn.Module):
         ``sample_times`` puts first, so the tangent matmuls cover 25% of the rows, not all.
         """
         batch = obs.shape[0]
-        emb_t, demb_t = self._time_embed(t, v is not None)
-        emb_h, demb_h = self._time_embed(t - r, v is not None)
-        c = self.cond_embed(cond.long())
-        if c.dim() == 2:
-            c = c.unsqueeze(1).expand(batch, self.n_agents, c.shape[-1])
-        obs = (obs - self.obs_mean.to(obs.dtype)) / self.obs_std.to(obs.dtype)
-        parts = [z, emb_t, emb_h, obs]
-        if self.share_parameters:
-            parts.append(self.agent_ids.to(obs.dtype).expand(batch, -1, -1))
-        parts.append(c.to(obs.dtype))
-        x = torch.cat(parts, dim=-1)
+        x, demb_t, demb_h = self._inputs(z, r, t, obs, cond, v is not None)
         layer = _backend.implementation("linear_jvp", _LAYER_BACKENDS, obs.device,
                                         backend or self._op_backend(), linear_jvp_ref)
         if v is None:
@@ -346,6 +336,23 @@ class MeanFlowPolicy(nn.Module):
         if m < batch:
             u = torch.cat([u, self._mlp(x[m:], None, layer)[0]])
         return u, dudt
+
+    def _inputs(self, z, r, t, obs, cond, tangent: bool = False):
+        """The first layer's input [B, N, in] = [z | emb(t) | emb(t - r) | normalised obs |
+        one-hot id (shared weights) | cond embedding], and, if ``tangent``, d emb / dt of both
+        time embeddings (else None)."""
+        batch = obs.shape[0]
+        emb_t, demb_t = self._time_embed(t, tangent)
+        emb_h, demb_h = self._time_embed(t - r, tangent)
+        c = self.cond_embed(cond.long())
+        if c.dim() == 2:
+            c = c.unsqueeze(1).expand(batch, self.n_agents, c.shape[-1])
+        obs = (obs - self.obs_mean.to(obs.dtype)) / self.obs_std.to(obs.dtype)
+        parts = [z, emb_t, emb_h, obs]
+        if self.share_parameters:
+            parts.append(self.agent_ids.to(obs.dtype).expand(batch, -1, -1))
+        parts.append(c.to(obs.dtype))
+        return torch.cat(parts, dim=-1), demb_t, demb_h
 
     def _mlp(self, x: torch.Tensor, dx: torch.Tensor | None, layer
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -727,6 +734,10 @@ class MeanFlowPolicy(nn.Module):
                 u = self._run(zz, r, t, obs, cond)[0]
             return u.chunk(2) if guided else (u, None)
 
+        if n_steps == 1 and fast:
+            fused = self._act_fused(z, obs, cond, guided, guidance, avail_actions)
+            if fused is not None:
+                return fused
         step = 1.0 / n_steps
         for k in range(n_steps - 1):  # Euler steps on the average velocity, t = 1 -> 1/n
             u_c, u_null = velocities(1.0 - k * step, 1.0 - (k + 1) * step)
@@ -737,6 +748,47 @@ class MeanFlowPolicy(nn.Module):
         sample = _backend.implementation("cfg_sample", _CFG_BACKENDS, dev, self._op_backend(),
                                          cfg_sample_ref)
         return sample(z, u_c, u_null, guidance, step, low, high, avail_actions, self.discrete)
+
+    def _act_fused(self, z, obs, cond, guided: bool, guidance: float,
+                   avail: torch.Tensor | None) -> torch.Tensor | None:
+        """One-step sampling in ONE launch (``kernels.cfg_sample.mlp_cfg_sample``: the whole
+        MLP, cond and null passes, and the guided step + decoding) when the layers and
+        ``cfg_sample`` both resolve to Triton (CUDA; or the interpreter when forced) and the
+        batch is small enough (decentralised execution); None otherwise (layer-by-layer path).
+
+        z [B, N, D]; obs [B', N, obs_dim] (B' = 2 B when ``guided``: cond rows, then null rows);
+        cond: int token or [B'] / [B', N] ids.
+        """
+        dev, backend = obs.device, self._op_backend()
+        if (_backend.resolve("linear_jvp", _LAYER_BACKENDS, dev, backend) != "triton"
+                or _backend.resolve("cfg_sample", _CFG_BACKENDS, dev, backend) != "triton"):
+            return None
+        from .kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
+
+        batch = z.shape[0]
+        params = [*self.weights, *self.biases]
+        key = tuple((p.data_ptr(), p._version) for p in params)  # refreshed on any update
+        cached = self.__dict__.get("_mlp_pack")
+        if cached is None or cached[0] != key:
+            cached = (key, pack_mlp(list(self.weights), list(self.biases)))
+            self.__dict__["_mlp_pack"] = cached
+        pack = cached[1]
+        if not mlp_fits(batch * self.n_agents if self.share_parameters else batch, pack):
+            return None
+        if not isinstance(cond, torch.Tensor):
+            tokens = [cond, self.null_token] if guided else [cond]
+            cond = torch.tensor(tokens, device=dev).repeat_interleave(batch)
+        zz = torch.cat([z, z]) if guided else z
+        ones = torch.ones(zz.shape[:2], device=dev, dtype=z.dtype)
+        x = self._layout(self._inputs(zz, ones - 1, ones, obs, cond)[0])  # t = 1, r = 0
+        bounds = {} if self.discrete else {"low": self.action_low.to(z.dtype),
+                                           "high": self.action_high.to(z.dtype)}
+        out = mlp_cfg_sample(x, pack, self._layout(z), self.activation, guided=guided,
+                             guidance=guidance, discrete=self.discrete,
+                             avail=None if avail is None else self._layout(avail), **bounds)
+        if self.share_parameters:
+            return out.reshape(batch, self.n_agents, *out.shape[1:])
+        return out.transpose(0, 1)
 
     def forward(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None) -> torch.Tensor:
         """One-step actions under the advantageous condition: see :meth:`act`."""
