@@ -232,7 +232,7 @@ def _plot_curve(out: Path) -> None:
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, title in zip(axes, ("loss", "value_loss", "adv_share_nonneg"),
-                              ("policy loss", "critic loss (units of the return std)",
+                              ("policy loss", "critic loss (normalised expectile)",
                                "share of rows with A >= 0")):
         pts = [(r["iteration"], r[key]) for r in rows if key in r]
         if pts:
