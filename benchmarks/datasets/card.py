@@ -6,7 +6,30 @@ and its file cannot disagree: regenerate both with the command the card states.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+import numpy as np
+
+
+def return_stats(x: list[float]) -> dict[str, float]:
+    """mean, std (population), min, max of per-episode returns."""
+    a = np.asarray(x)
+    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
+            "max": float(a.max())}
+
+
+def generator_parser(doc: str, env: str, qualities: list[str], quality: str, episodes: int
+                     ) -> argparse.ArgumentParser:
+    """The options every dataset generator shares (env, quality, episodes, seed, out, card)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--env", default=env)
+    p.add_argument("--quality", choices=sorted(qualities), default=quality)
+    p.add_argument("--episodes", type=int, default=episodes)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--card", type=Path, default=None, help="also write the dataset card here")
+    return p
 
 
 def _stats_row(label: str, s: dict, extra: str = "") -> str:

@@ -39,7 +39,6 @@ trains the policy first (``--ars-iterations``, ~2.5 min on one core) when
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shlex
@@ -54,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import ars  # noqa: E402
-from card import write_card  # noqa: E402
+from card import generator_parser, return_stats, write_card  # noqa: E402
 
 from vgm2p_fast import envs  # noqa: E402
 from vgm2p_fast.datasets import write_dataset  # noqa: E402
@@ -163,24 +162,12 @@ def expand_groups(quality: str, episodes: int, expert: ars.LinearPolicy,
     return [g for g in groups if g["episodes"] > 0]
 
 
-def stats(x: list[float]) -> dict[str, float]:
-    a = np.asarray(x)
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "max": float(a.max())}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="mamujoco/HalfCheetah-2x3")
-    p.add_argument("--quality", choices=sorted(QUALITIES), default="mixed")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p = generator_parser(__doc__, "mamujoco/HalfCheetah-2x3", list(QUALITIES), "mixed", 20)
     p.add_argument("--policy", type=Path, default=None,
                    help="ARS policy .npz (default: policies/<scenario>-v5-ars.npz, trained "
                         "if missing)")
     p.add_argument("--ars-iterations", type=int, default=100)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--card", type=Path, default=None, help="also write the dataset card here")
     a = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -206,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, pol in (("behaviour", policy), ("random", None)):
         out = envs.rollout(behaviour_act_fn(pol, index, 0.0), a.env, REFERENCE_EPISODES,
                            seed=10_000 + a.seed, record=False, pass_state=True)
-        refs[label] = stats(out["returns"])
+        refs[label] = return_stats(out["returns"])
     # Medium: the iterate whose logged (noiseless, one-episode) return is closest to 1/3 of
     # the expert's reference return.
     target = refs["random"]["mean"] + (refs["behaviour"]["mean"] - refs["random"]["mean"]) / 3
@@ -218,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                            g["episodes"], seed=a.seed * 100 + g["offset"], pass_state=True)
         parts.append(out)
         groups.append({"label": g["label"], "sigma": g["sigma"], "episodes": g["episodes"],
-                       "seed": a.seed * 100 + g["offset"], "returns": stats(out["returns"])})
+                       "seed": a.seed * 100 + g["offset"], "returns": return_stats(out["returns"])})
         print(f"{g['label']:32s} {g['episodes']:3d} episodes  return "
               f"{groups[-1]['returns']['mean']:9.1f} +- {groups[-1]['returns']['std']:.1f}",
               flush=True)
@@ -238,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         ref_random_return=refs["random"]["mean"],
     )
     summary = {"env": a.env, "quality": a.quality, "seed": a.seed, "episodes": a.episodes,
-               "transitions": int(data["rewards"].shape[0]), "returns": stats(returns),
+               "transitions": int(data["rewards"].shape[0]), "returns": return_stats(returns),
                "groups": groups, "reference": refs, "medium_iterate": medium_it,
                "wall_s": round(wall, 1), "file_bytes": a.out.stat().st_size,
                "command": command, "out": str(a.out),

@@ -19,7 +19,6 @@ against 0.18 for uniform random available actions (eps=1).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -34,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from card import write_card  # noqa: E402
+from card import generator_parser, return_stats, write_card  # noqa: E402
 
 from vgm2p_fast import envs  # noqa: E402
 from vgm2p_fast.datasets import write_dataset  # noqa: E402
@@ -78,20 +77,8 @@ def heuristic_act_fn(spec: str, eps: float, seed: int, n_envs: int = N_ENVS):
     return act
 
 
-def stats(x: list[float]) -> dict[str, float]:
-    a = np.asarray(x)
-    return {"mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "max": float(a.max())}
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="smax/3m")
-    p.add_argument("--quality", choices=sorted(QUALITIES), default="medium")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--card", type=Path, default=None, help="also write the dataset card here")
+    p = generator_parser(__doc__, "smax/3m", list(QUALITIES), "medium", 1000)
     a = p.parse_args(argv)
     family, _ = envs.parse_env_spec(a.env)
     if family != "smax":
@@ -105,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, eps in (("behaviour", 0.0), ("random", 1.0)):
         res = envs.evaluate(heuristic_act_fn(a.env, eps, 10_000 + a.seed), a.env,
                             REFERENCE_EPISODES, seed=10_000 + a.seed, n_envs=N_ENVS)
-        refs[label] = {**stats(res["returns"]), "win_rate": res["win_rate"]}
+        refs[label] = {**return_stats(res["returns"]), "win_rate": res["win_rate"]}
 
     eps = QUALITIES[a.quality]
     out = envs.rollout(heuristic_act_fn(a.env, eps, a.seed), a.env, a.episodes, seed=a.seed,
@@ -121,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                   ref_random_return=refs["random"]["mean"])
     summary = {"env": a.env, "quality": a.quality, "eps": eps, "seed": a.seed,
                "episodes": a.episodes, "transitions": int(out["rewards"].shape[0]),
-               "returns": stats(out["returns"]), "win_rate": float(np.mean(out["wins"])),
+               "returns": return_stats(out["returns"]), "win_rate": float(np.mean(out["wins"])),
                "length_mean": float(np.mean(out["lengths"])), "reference": refs,
                "wall_s": round(time.perf_counter() - t0, 1),
                "file_bytes": a.out.stat().st_size, "command": command, "out": str(a.out),
