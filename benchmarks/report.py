@@ -60,6 +60,8 @@ class Goal:
     bound: float
     profile: str  # key of PROFILES that explains a miss
     why: str = ""  # what the profile shows when the goal is missed (printed above it)
+    # (group or "" for the goal's own, num, den): a measured ratio that bounds this one
+    bounded_by: tuple[str, str, str] | None = None
 
 
 GOALS = (
@@ -73,8 +75,10 @@ GOALS = (
          "quarter: in forward-pass units `fast` = 1 + 0.25 + 2 (backward) = 3.25 and `func` = "
          "1 + 1 + 2 = 4 (1.23x), plus `func`'s dual-number elementwise work (`aten::mul`, "
          "`aten::add` in its profile) and the extra tensors it saves for backward. A 2x ratio "
-         "needs that per-op overhead to weigh as much as the matmuls. The profiles are at "
-         "batch 256 (at 4096 one takes minutes)."),
+         "needs that per-op overhead to weigh as much as the matmuls. And `fast` is close "
+         "to the flow-matching floor, so `func` ÷ `fast` can be at most about `func` ÷ "
+         "`flow_matching` (below). The profiles are at batch 256 (at 4096 one takes minutes).",
+         ("", "func", "flow_matching")),
     Goal("1-step action <= 1.2x the plain MLP forward at B = 1 env (6 agents)",
          "act-B1x6", "vgm2p", "mlp", "<=", 1.2, "act",
          "At one env both calls are ~20 small ops of 1-20 us each, so the ratio is op count: "
@@ -94,8 +98,8 @@ GOALS = (
          "backends: the critic step, batch gathering, AdamW, the EMA, and with the default "
          "guidance (kappa = 0.5) the CFG target's stacked no-grad pass over 2x the rows, which "
          "`func` and `fast` both pay. So the end-to-end ratio is at most the guided step's "
-         "(`meanflow-step-guided-B256`), diluted by the critic. The profiles are of the "
-         "guided policy step (batch 256) on each backend."),
+         "(below), diluted by the critic. The profiles are of the guided policy step (batch "
+         "256) on each backend.", ("meanflow-step-guided-B256", "func", "fast")),
 )
 
 
@@ -330,6 +334,12 @@ def write_report(data: dict, out: Path, chart_path: Path, source: str, profiles:
             lines.append("")
             if row["goal"].why:
                 lines += [row["goal"].why, ""]
+            if row["goal"].bounded_by:
+                group, num, den = row["goal"].bounded_by
+                group = group or row["group"]
+                value = ratio(groups, group, num, den)
+                shown = "not run" if value is None else f"{value:.2f}"
+                lines += [f"Bound in this run: `{num}` ÷ `{den}` in `{group}` = {shown}.", ""]
             if key == "none":
                 lines.append("A single op against a single copy: no profile to break down; "
                              "see the README's gae section for the analysis.")
