@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,7 +31,7 @@ from vgm2p_fast.train import TrainConfig  # noqa: E402
 
 LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P",
           "meanflow-bc": "MeanFlow-BC (`--condition none`)", "fm-bc": "flow-matching BC"}
-CARDS = "../datasets/cards"
+CARDS = HERE.parent / "datasets" / "cards"
 
 
 def load_runs(runs: Path) -> dict[tuple[str, str], list[dict]]:
@@ -170,7 +171,9 @@ def plot(rows: list[dict], sweep: dict, out: Path) -> list[str]:
     return written
 
 
-def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble: str) -> str:
+def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble: str,
+           cards: str) -> str:
+    """RESULTS.md; ``cards`` is the cards folder relative to it (for the dataset links)."""
     lines = ["# Learning results", "", preamble.strip(), "",
              "Normalised return `100 (R - R_random) / (R_expert - R_random)`, mean ± std over "
              f"{seeds} training seeds (each evaluated on its own episodes); the behaviour "
@@ -183,7 +186,7 @@ def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble
         steps = sorted({s for m in METHODS for s in row[f"{m}_steps"]})
         times = " / ".join("—" if row[f"{m}_time"] is None else f"{row[f'{m}_time']:.0f}"
                            for m in METHODS)
-        card = f"[{row['dataset']}]({CARDS}/{row['dataset']}.md)"
+        card = f"[{row['dataset']}]({cards}/{row['dataset']}.md)"
         lines.append("| " + " | ".join([card, cell(row["behaviour"], 0),
                                          *(cell(row[m], seeds) for m in METHODS),
                                          ", ".join(map(str, steps)) or "—", times,
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     plots = plot(rows, sweep, a.out)
     preamble = a.preamble.read_text() if a.preamble.exists() else ""
-    (a.out / "RESULTS.md").write_text(render(rows, sweep, a.seeds, plots, preamble))
+    cards = os.path.relpath(CARDS, a.out.resolve())
+    (a.out / "RESULTS.md").write_text(render(rows, sweep, a.seeds, plots, preamble, cards))
     print(f"wrote {a.out / 'RESULTS.md'} and {', '.join(plots)} ({len(rows)} datasets)")
     return 0
 
