@@ -75,7 +75,7 @@ CASES = [(s, k) for s in SHAPES for k in KINDS] + [(SHAPES[0], k) for k in COMPI
 
 @pytest.mark.parametrize(("shape", "kind"), CASES,
                          ids=[f"{_shape_id(s)}-{k}" for s, k in CASES])
-def test_train_step_kappa0(benchmark, shape, kind):
+def test_train_step_kappa0(benchmark, smoke_one_thread, shape, kind):
     if kind in COMPILED and benchmark.disabled:
         pytest.skip("torch.compile takes 10-25 s per case on one core: not in the CI smoke "
                     "(--benchmark-disable); runs with --benchmark-only")
@@ -88,7 +88,7 @@ def test_train_step_kappa0(benchmark, shape, kind):
 
 @pytest.mark.benchmark(group="meanflow-step-guided-B256")
 @pytest.mark.parametrize("kind", ["fast", "func"])
-def test_train_step_guided(benchmark, kind):
+def test_train_step_guided(benchmark, smoke_one_thread, kind):
     """The default CFG-in-the-target training (kappa = 0.5: one extra stacked no-grad pass)."""
     step = _make_step(kind, 0.5, 16 if benchmark.disabled else 256)
     loss = benchmark(step)

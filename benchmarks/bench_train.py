@@ -42,7 +42,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.mark.benchmark(group="train-end-to-end")
 @pytest.mark.parametrize("backend", ["auto", "func"])
-def test_train(benchmark, dataset, tmp_path, backend):
+def test_train(benchmark, smoke_one_thread, dataset, tmp_path, backend):
     smoke = benchmark.disabled
     size = {"hidden_dims": (32, 32), "value_hidden": (32, 32)} if smoke else {}
     cfg = TrainConfig(dataset=str(dataset), out=str(tmp_path / backend), backend=backend,
