@@ -734,7 +734,7 @@ class MeanFlowPolicy(nn.Module):
                 u = self._run(zz, r, t, obs, cond)[0]
             return u.chunk(2) if guided else (u, None)
 
-        if n_steps == 1 and fast:
+        if n_steps == 1 and fast and layer is not linear_jvp_ref:  # only Triton layers fuse
             fused = self._act_fused(z, obs, cond, guided, guidance, avail_actions)
             if fused is not None:
                 return fused
