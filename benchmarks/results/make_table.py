@@ -191,6 +191,14 @@ def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble
                                          *(cell(row[m], seeds) for m in METHODS),
                                          ", ".join(map(str, steps)) or "—", times,
                                          *verdicts(row)]) + " |")
+    judged = [(r["dataset"], *verdicts(r)) for r in rows if r["vgm2p"] is not None]
+    if judged:
+        above = [d for d, first, _ in judged if first == "yes"]
+        over = [d for d, _, second in judged if second.startswith("yes")]
+        lines += ["", f"Against the target: VGM²P ≥ the behaviour mean on {len(above)} of "
+                  f"{len(judged)} datasets ({', '.join(above) or 'none'}); above MeanFlow-BC "
+                  f"by more than the larger seed std on {len(over)} of {len(judged)} "
+                  f"({', '.join(over) or 'none'})."]
     smax = [r for r in rows if r["dataset"].startswith("smax")]
     if smax:
         lines += ["", "SMAX win rates (mean over seeds and evaluation episodes):", "",
