@@ -38,7 +38,7 @@ from torch import nn
 
 from .datasets import BUNDLED_DEFAULT, OfflineDataset, load_dataset
 from .policy import MeanFlowPolicy
-from .value import CONDITIONS, ValueGuidance, tokens_from_advantage
+from .value import CONDITIONS, ValueGuidance, quantiles, tokens_from_advantage
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -212,8 +212,7 @@ class _Logger:
 
 
 def _advantage_stats(adv: torch.Tensor, tokens: torch.Tensor | None) -> dict[str, float]:
-    q = torch.quantile(adv.double()[:: -(-adv.numel() // 2**24)],
-                       torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    q = quantiles(adv, torch.tensor([0.05, 0.5, 0.95]))
     out = {"adv_mean": float(adv.mean()), "adv_std": float(adv.std()), "adv_p05": float(q[0]),
            "adv_p50": float(q[1]), "adv_p95": float(q[2]),
            "adv_share_nonneg": float((adv >= 0).float().mean())}

@@ -164,6 +164,12 @@ def _batched(net: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([net(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
+def quantiles(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``torch.quantile(x, q)`` in float64 for any size: torch.quantile takes at most 2^24
+    elements, so larger inputs use an even subsample (every k-th element)."""
+    return torch.quantile(x.double()[:: -(-x.numel() // 2**24)], q.to(torch.float64))
+
+
 def tokens_from_advantage(adv: torch.Tensor, condition: str, n_bins: int = 2
                           ) -> torch.Tensor | None:
     """Condition tokens ``[T]`` long from advantages ``[T]``.
@@ -178,8 +184,6 @@ def tokens_from_advantage(adv: torch.Tensor, condition: str, n_bins: int = 2
     if condition == "quantile":
         if n_bins < 2:
             raise ValueError(f"n_bins: expected >= 2 quantile bins, found {n_bins}")
-        # torch.quantile takes at most 2^24 elements: use an even subsample beyond that
-        sample = adv.double()[:: -(-adv.numel() // 2**24)]
-        qs = torch.quantile(sample, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1])
+        qs = quantiles(adv, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1])
         return torch.bucketize(adv.double(), qs, right=True)
     raise ValueError(f"condition: expected one of {CONDITIONS}, found {condition!r}")
