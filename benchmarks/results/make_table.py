@@ -107,10 +107,11 @@ def collect(runs: Path, seeds: int) -> tuple[list[dict], dict]:
     return rows, sweep
 
 
-def verdicts(row: dict) -> tuple[str, str]:
-    """(VGM²P >= behaviour mean?, VGM²P - MeanFlow-BC > the larger seed std?) as text."""
+def verdicts(row: dict, seeds: int) -> tuple[str, str]:
+    """(VGM²P >= behaviour mean?, VGM²P - MeanFlow-BC > the larger seed std?) as text; a row
+    with fewer than ``seeds`` seeds of either method is not judged (its std means nothing)."""
     v, b = row["vgm2p"], row["meanflow-bc"]
-    if v is None:
+    if v is None or len(v) < seeds or (b is not None and len(b) < seeds):
         return "—", "—"
     vm, vs = mean_std(v)
     first = "yes" if vm >= float(np.mean(row["behaviour"])) else "**no**"
@@ -190,15 +191,16 @@ def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble
         lines.append("| " + " | ".join([card, cell(row["behaviour"], 0),
                                          *(cell(row[m], seeds) for m in METHODS),
                                          ", ".join(map(str, steps)) or "—", times,
-                                         *verdicts(row)]) + " |")
-    judged = [(r["dataset"], *verdicts(r)) for r in rows if r["vgm2p"] is not None]
+                                         *verdicts(row, seeds)]) + " |")
+    judged = [(r["dataset"], *verdicts(r, seeds)) for r in rows]
+    judged = [j for j in judged if j[1] != "—"]
     if judged:
         above = [d for d, first, _ in judged if first == "yes"]
         over = [d for d, _, second in judged if second.startswith("yes")]
         lines += ["", f"Against the target: VGM²P ≥ the behaviour mean on {len(above)} of "
                   f"{len(judged)} datasets ({', '.join(above) or 'none'}); above MeanFlow-BC "
                   f"by more than the larger seed std on {len(over)} of {len(judged)} "
-                  f"({', '.join(over) or 'none'})."]
+                  f"({', '.join(over) or 'none'}); rows with fewer seeds are not judged."]
     smax = [r for r in rows if r["dataset"].startswith("smax")]
     if smax:
         lines += ["", "SMAX win rates (mean over seeds and evaluation episodes):", "",
