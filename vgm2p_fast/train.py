@@ -326,9 +326,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         if it % cfg.refresh_every == 0 or adv is None:
             if cfg.advantage == "gae":
                 critic.update_targets(full=True)
-            adv, ret = critic.refresh(ds)
-            if cfg.advantage == "iql":
-                adv = critic.iql_advantage(ds, joint_all)
+            if cfg.advantage == "iql":  # no TD(lambda) targets: the critics bootstrap per step
+                adv, ret = critic.iql_advantage(ds, joint_all), None
+            else:
+                adv, ret = critic.refresh(ds)
             tokens = tokens_from_advantage(adv, cfg.condition, cfg.n_bins)
             stats = _advantage_stats(adv, tokens)
             logger.log({"iteration": it, "event": "refresh", **stats})
@@ -339,7 +340,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
         train_policy = it >= cfg.value_warmup
         cond = None if tokens is None else tokens[idx]
         joint = _joint_actions(ds, batch["actions"]) if cfg.advantage == "iql" else None
-        loss, info = model(batch, ret[idx], joint, cond, train_policy, gen)
+        loss, info = model(batch, None if ret is None else ret[idx], joint, cond, train_policy,
+                           gen)
         p_opt.zero_grad(set_to_none=True)
         c_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -118,8 +118,8 @@ class ValueGuidance(nn.Module):
     def refresh(self, ds: OfflineDataset, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole-dataset pass with the target V: ``(advantage [T], lambda_return [T])``.
 
-        For ``gae``: the advantage is GAE(lambda) and the return is the V regression target.
-        For ``iql``: the returns are unused and the advantage is ``min Q - V`` per row.
+        The advantage is GAE(lambda) and the return is the V regression target (``gae``
+        kind; the ``iql`` kind uses :meth:`iql_advantage` instead).
         """
         value = _batched(self.v_target, ds.states, chunk).squeeze(-1)
         next_value = _batched(self.v_target, ds.next_states, chunk).squeeze(-1)
