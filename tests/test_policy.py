@@ -243,6 +243,8 @@ def test_bad_constructor_arguments():
         vf.MeanFlowPolicy(3, 2, 2, action_low=[1.0, 1.0], action_high=[0.0, 2.0])
     with pytest.raises(ValueError, match="backend"):
         vf.MeanFlowPolicy(3, 2, 2, backend="cuda")
+    with pytest.raises(ValueError, match="n_tokens"):
+        vf.MeanFlowPolicy(3, 2, 2, n_tokens=-1)
 
 
 # ------------------------------------------------------------------ learning
@@ -280,6 +282,30 @@ def test_learns_a_bimodal_policy_and_follows_the_condition():
                           - normal.cdf(torch.tensor((-0.4 - m) / s)))
         assert mid < gauss_mid - 0.08, f"token {token}: {mid:.2f} of samples between the " \
             f"modes, a Gaussian fit has {gauss_mid:.2f}"
+
+
+def test_unconditional_policy_acts_with_the_null_token_it_was_trained_on():
+    """n_tokens = 0 is plain MeanFlow behaviour cloning: trained on the null token only, so act()
+    must default to it. (Defaulting to token n_tokens - 1 of a 2-token policy trained with
+    cond=None acted through an untrained, random embedding: the BC baselines scored ~0.)"""
+    torch.manual_seed(0)
+    policy = vf.MeanFlowPolicy(3, 2, 2, hidden_dims=(64, 64), n_tokens=0)
+    assert policy.exec_token == policy.null_token == 0
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 2, generator=g)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    for _ in range(2000):  # mean |error| 0.23 at 600 steps, 0.11 at 1000, 0.056 at 2000
+        obs = torch.randn(256, 2, 3, generator=g)
+        loss, _ = policy.meanflow_loss(obs, 0.8 * torch.tanh(obs @ w), None, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    obs = torch.randn(2000, 2, 3, generator=g)
+    err = float((policy.act(obs, generator=g) - 0.8 * torch.tanh(obs @ w)).abs().mean())
+    # acting through an untrained token (the old default) stayed at ~0.5 however long it trained
+    assert err < 0.1, f"one-step BC actions are {err:.3f} from the data's (|a| ~ 0.5)"
+    with pytest.raises(ValueError, match="unconditional"):
+        policy.meanflow_loss(obs, obs[..., :2].clamp(-1, 1), torch.zeros(2000, dtype=torch.long))
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])

@@ -128,6 +128,9 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     policy = vf.MeanFlowPolicy.load(out / "policy.pt")
     assert policy.metadata["env"] == load_dataset(data).env
     assert policy.metadata["mean_velocity"] == (policy_loss == "meanflow")
+    # a BC policy is trained on the null token only and must act with it
+    assert policy.n_tokens == {"binary": 2, "quantile": cfg.n_bins, "none": 0}[condition]
+    assert (policy.exec_token == policy.null_token) == (condition == "none")
     obs = torch.randn(3, 2, 5)
     a = policy(obs, torch.ones(3, 2, 4, dtype=torch.bool) if discrete else None)
     assert a.shape == ((3, 2) if discrete else (3, 2, 3))

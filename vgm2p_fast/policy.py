@@ -63,8 +63,10 @@ class MeanFlowPolicy(nn.Module):
         activation: ``silu`` (default), ``relu``, ``gelu_tanh``.
         share_parameters: one network for all agents with a one-hot agent id (default), or
             separate per-agent weights.
-        n_tokens: number of condition tokens (2: binary advantageous or not; K: quantile bins).
-            Token ``n_tokens - 1`` is the advantageous one used at execution; ``n_tokens`` is null.
+        n_tokens: number of condition tokens (2: binary advantageous or not; K: quantile bins;
+            0: an unconditional policy, plain MeanFlow behaviour cloning, trained and executed
+            with the null token only). Token ``n_tokens - 1`` is the advantageous one used at
+            execution; ``n_tokens`` is null.
         time_dim: size of each sinusoidal time embedding (even).
         cond_dim: size of the condition embedding.
         max_freq: highest angular frequency of the time embedding; frequencies are geometric in
@@ -114,9 +116,12 @@ class MeanFlowPolicy(nn.Module):
     ) -> None:
         super().__init__()
         for name, val in (("obs_dim", obs_dim), ("action_dim", action_dim),
-                          ("n_agents", n_agents), ("n_tokens", n_tokens), ("cond_dim", cond_dim)):
+                          ("n_agents", n_agents), ("cond_dim", cond_dim)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name}: expected a positive int, found {val!r}")
+        if not isinstance(n_tokens, int) or n_tokens < 0:
+            raise ValueError(f"n_tokens: expected an int >= 0 (0 = unconditional), found "
+                             f"{n_tokens!r}")
         if discrete and action_dim < 2:
             raise ValueError(f"action_dim: expected >= 2 discrete actions, found {action_dim}")
         if time_dim < 2 or time_dim % 2:
@@ -262,8 +267,9 @@ class MeanFlowPolicy(nn.Module):
 
     @property
     def exec_token(self) -> int:
-        """Token used at execution: the most advantageous one."""
-        return self.n_tokens - 1
+        """Token used at execution: the most advantageous one; the null token for an
+        unconditional policy (``n_tokens = 0``), the only one it was trained on."""
+        return self.n_tokens - 1 if self.n_tokens else self.null_token
 
     # ------------------------------------------------------------------ input checks
     def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -468,6 +474,9 @@ class MeanFlowPolicy(nn.Module):
         if cond is None:
             cond = torch.full((batch,), self.null_token, dtype=torch.long, device=obs.device)
             return obs, self.encode_actions(actions).to(obs.dtype), cond
+        if not self.n_tokens:
+            raise ValueError("cond: expected None for an unconditional policy (n_tokens=0), "
+                             "found condition tokens")
         cond = self._check_cond(cond, batch)
         if int(cond.max()) >= self.null_token:
             raise ValueError(f"cond: expected dataset tokens in [0, {self.n_tokens - 1}], found "
@@ -673,7 +682,8 @@ class MeanFlowPolicy(nn.Module):
         Args:
             obs: [B, N, obs_dim].
             avail_actions: [B, N, K] bool (discrete only); unavailable actions are never chosen.
-            cond: token id(s) to condition on, [B] or int; default the advantageous token.
+            cond: token id(s) to condition on, [B] or int; default ``exec_token`` (the
+                advantageous token; null for an unconditional policy).
             guidance: test-time guidance w: u = u_null + w (u_c - u_null) (1 = off; otherwise
                 the cond and null passes run stacked as one batch).
             n_steps: sampling steps (> 1 only for ablations).

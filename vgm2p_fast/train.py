@@ -143,7 +143,8 @@ def _joint_actions(ds: OfflineDataset, actions: torch.Tensor) -> torch.Tensor:
 
 def build_policy(cfg: TrainConfig, ds: OfflineDataset) -> MeanFlowPolicy:
     """The MeanFlowPolicy a config describes, for the dataset's shapes and bounds."""
-    n_tokens = cfg.n_bins if cfg.condition == "quantile" else 2
+    # "none" (behaviour cloning) trains on the null token only, so it must also act with it
+    n_tokens = {"quantile": cfg.n_bins, "binary": 2, "none": 0}[cfg.condition]
     policy = MeanFlowPolicy(
         ds.obs_dim, ds.action_dim, ds.n_agents, ds.discrete, hidden_dims=cfg.hidden_dims,
         share_parameters=cfg.share_parameters, n_tokens=n_tokens,
