@@ -248,15 +248,18 @@ def test_mlp_cfg_sample_matches_policy_act(share, discrete, guidance):
 
 @pytest.mark.parametrize("share", [True, False])
 @pytest.mark.parametrize("discrete", [False, True])
-def test_policy_act_triton_matches_torch(share, discrete):
-    """MeanFlowPolicy.act with backend="triton" (layers + cfg_sample) vs "torch", guided."""
+@pytest.mark.parametrize("n_tokens", [2, 0])
+def test_policy_act_triton_matches_torch(share, discrete, n_tokens):
+    """MeanFlowPolicy.act with backend="triton" (layers + cfg_sample) vs "torch", guided; also
+    for an unconditional policy (n_tokens = 0: a one-row token table)."""
     import vgm2p_fast as vf
 
     outs = []
     for backend in ("triton", "torch"):
         torch.manual_seed(0)
         policy = vf.MeanFlowPolicy(4, 3, 2, discrete=discrete, hidden_dims=(20, 9),
-                                   share_parameters=share, backend=backend).to(DEVICE)
+                                   share_parameters=share, n_tokens=n_tokens,
+                                   backend=backend).to(DEVICE)
         gen = torch.Generator().manual_seed(1)
         obs = torch.randn(5, 2, 4, generator=gen).to(DEVICE)
         avail = None
