@@ -201,6 +201,12 @@ def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble
                   f"{len(judged)} datasets ({', '.join(above) or 'none'}); above MeanFlow-BC "
                   f"by more than the larger seed std on {len(over)} of {len(judged)} "
                   f"({', '.join(over) or 'none'}); rows with fewer seeds are not judged."]
+        # the issue asks for the margin over MeanFlow-BC on the medium and medium-replay sets
+        aimed = [d for d, _, _ in judged if d.endswith(("-medium", "-medium-replay"))]
+        if aimed:
+            hit = [d for d in aimed if d in over]
+            lines[-1] += (f" On the medium and medium-replay datasets, where the target asks "
+                          f"for that margin: {len(hit)} of {len(aimed)}.")
     smax = [r for r in rows if r["dataset"].startswith("smax")]
     if smax:
         lines += ["", "SMAX win rates (mean over seeds and evaluation episodes):", "",
