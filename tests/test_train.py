@@ -146,6 +146,21 @@ def test_same_seed_same_metrics(tiny, tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_resume_drops_the_log_lines_written_after_the_checkpoint(tmp_path):
+    """A crash right after the checkpoint of iteration 40 leaves the refresh event that starts
+    iteration 40 in the log; the resumed run logs it again, so it must be dropped (the step
+    record of 40 was written before the checkpoint and stays). Found by the kill -9 test below
+    when the kill landed in that window."""
+    from vgm2p_fast.train import _Logger
+
+    lines = [{"iteration": 0, "event": "refresh"}, {"iteration": 20, "loss": 1.0},
+             {"iteration": 40, "loss": 0.5}, {"iteration": 40, "event": "refresh"},
+             {"iteration": 60, "loss": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    _Logger(tmp_path, True, resume_from=40).close()
+    assert _metrics(tmp_path) == lines[:3]
+
+
 def test_resume_after_kill_9_equals_uninterrupted_run(tiny, tmp_path):
     args = ["train", "--dataset", str(tiny), "--steps", "400", "--value-warmup", "20",
             "--refresh-every", "50", "--checkpoint-every", "40", "--quiet", *TINY]

@@ -173,8 +173,10 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 class _Logger:
-    """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines past the checkpoint's
-    iteration (written after it, before the crash) are dropped so the log has no duplicates."""
+    """metrics.jsonl + TensorBoard (rank 0 only). On resume, lines written after the checkpoint
+    (before the crash) are dropped so the log has no duplicates: those past its iteration R,
+    and a refresh event at R itself (logged at the start of iteration R, after the step record
+    of R and the checkpoint; the resumed run logs it again)."""
 
     def __init__(self, out: Path, enabled: bool, resume_from: int | None) -> None:
         self.enabled = enabled
@@ -184,7 +186,7 @@ class _Logger:
             return
         if resume_from is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("iteration", 0) <= resume_from]
+                    if ln.strip() and self._before(json.loads(ln), resume_from)]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         elif self.path.exists():
             self.path.unlink()
@@ -192,6 +194,11 @@ class _Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tb"), purge_step=resume_from)
+
+    @staticmethod
+    def _before(record: dict[str, Any], resume_from: int) -> bool:
+        it = record.get("iteration", 0)
+        return it < resume_from or (it == resume_from and record.get("event") != "refresh")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
