@@ -18,8 +18,7 @@ MODE = os.environ.get("VGM2P_BUILD_EXT", "auto")
 if MODE not in ("0", "1", "auto"):
     sys.exit(f"VGM2P_BUILD_EXT must be 0, 1 or unset, found {MODE!r}")
 
-packages = [*find_packages(include=["vgm2p_fast", "vgm2p_fast.*"]), "vgm2p_fast.kernels"]
-package_dir = {"vgm2p_fast.kernels": "kernels"}
+packages = find_packages(include=["vgm2p_fast", "vgm2p_fast.*"])
 ext_modules: list = []
 cmdclass: dict = {}
 
@@ -92,7 +91,6 @@ if MODE != "0":
 
 setup(
     packages=packages,
-    package_dir=package_dir,
     package_data={"vgm2p_fast": ["data/*.h5"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import vgm2p_fast as vf
-from vgm2p_fast import _backend
+from vgm2p_fast import backends
 from vgm2p_fast.ops import REGISTRY, gae, gae_ref
 
 GAMMA, LAM = 0.99, 0.95
 CPU = torch.device("cpu")
-EXT_OK, EXT_WHY = _backend.ext_status("gae", CPU)
+EXT_OK, EXT_WHY = backends.ext_status("gae", CPU)
 BACKENDS = [
     "torch",
     pytest.param("ext", marks=pytest.mark.skipif(not EXT_OK, reason=f"no extension: {EXT_WHY}")),
@@ -209,7 +209,7 @@ def test_nan_stays_in_its_trajectory(backend, T):
 
 @pytest.mark.skipif(not EXT_OK, reason=f"no extension: {EXT_WHY}")
 def test_auto_uses_the_extension_on_cpu():
-    assert _backend.resolve("gae", REGISTRY["gae"], CPU) == "ext"
+    assert backends.resolve("gae", REGISTRY["gae"], CPU) == "ext"
 
 
 def test_extension_is_built_unless_disabled():
@@ -226,10 +226,10 @@ def test_works_without_the_extension():
     code = (
         "import sys; sys.modules['vgm2p_fast._C'] = None\n"  # import of _C raises ImportError
         "import torch, vgm2p_fast as vf\n"
-        "from vgm2p_fast import _backend\n"
+        "from vgm2p_fast import backends\n"
         "x = torch.randn(2, 5); d = torch.zeros(2, 5, dtype=torch.bool)\n"
         "a, r = vf.ops.gae(x, x, x, d, d)\n"
-        "assert _backend.resolve('gae', ('torch', 'ext'), torch.device('cpu')) == 'torch'\n"
+        "assert backends.resolve('gae', ('torch', 'ext'), torch.device('cpu')) == 'torch'\n"
         "try:\n"
         "    vf.ops.gae(x, x, x, d, d, backend='ext')\n"
         "except vf.BackendUnavailableError as e:\n"
@@ -321,7 +321,7 @@ def test_matches_torchrl():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [(4096, 300), (3, 50_000), (200_000,), (2, 3, 7)])
 def test_cuda_matches_cpu(shape):
-    ok, why = _backend.ext_status("gae", torch.device("cuda"))
+    ok, why = backends.ext_status("gae", torch.device("cuda"))
     if not ok:
         pytest.fail(why)
     args = make(shape, p_done=1e-3, dtype=torch.float64)

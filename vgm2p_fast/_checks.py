@@ -1,6 +1,9 @@
 """Input validation at the public boundary (flash-attention style: kernels assume valid input).
 
-Every failure is a ``ValueError`` that names the argument, what was expected and what was found.
+Every failure is a ``ValueError`` that names the argument, what was expected and what was found,
+except a backend that cannot run, which is a :class:`BackendUnavailableError`. This module
+imports nothing of the package, so that ``vgm2p_fast.kernels`` can raise that error too without
+importing the dispatcher (``vgm2p_fast.backends``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,11 @@ from collections.abc import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was forced (per call or by ``VGM2P_BACKEND``) but cannot run here; the message
+    says why and how to fix it. Exported as ``vgm2p_fast.BackendUnavailableError``."""
 
 
 def check_tensor(

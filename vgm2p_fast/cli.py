@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from . import __version__, _backend
-from ._backend import BackendUnavailableError
+from . import __version__, backends
+from .backends import BackendUnavailableError
 from .datasets import add_cli as add_data_cli
 from .envs import EnvUnavailableError
 from .ops import REGISTRY
@@ -31,15 +31,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print versions, extension/Triton availability and the backend ``auto`` picks per op."""
     print(f"vgm2p_fast {__version__}  python {platform.python_version()}  torch {torch.__version__}"
           f"  threads {torch.get_num_threads()}")
-    ext, reason = _backend._load_ext()
-    print("extension vgm2p_fast._C:", f"built ({ext.__file__})" if ext else f"missing: {reason}")
-    ok, reason = _backend._triton_import()
-    if ok:
-        import triton
-
-        print(f"triton: {triton.__version__}")
-    else:
-        print(f"triton: missing: {reason}")
+    ext = backends.extension_status()
+    where = f"built ({ext.detail})" if ext.ok else f"missing: {ext.detail}"
+    print("extension vgm2p_fast._C:", where)
+    triton = backends.triton_installed()
+    print(f"triton: {triton.detail}" if triton.ok else f"triton: missing: {triton.detail}")
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
@@ -48,9 +44,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"cuda: not available (torch built with CUDA {torch.version.cuda})")
     for dev in devices:
         print(f"backends on {dev.type} (auto):")
-        for op, chosen, why in _backend.report(REGISTRY, dev):
+        for op, chosen, why in backends.report(REGISTRY, dev):
             print(f"  {op:22s} {chosen:7s} {f'(skipped {why})' if why else ''}")
-    if not ext:
+    if not ext.ok:
         print("note: running on the torch references for ops the extension would provide")
     return 0
 

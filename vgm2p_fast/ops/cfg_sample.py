@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import implementation
 from .._checks import FLOAT_DTYPES, check_avail, check_tensor
+from ..backends import implementation
 
 IMPLEMENTED = ("torch", "triton")
 

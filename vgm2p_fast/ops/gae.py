@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import _load_ext, resolve
 from .._checks import check_same_shape, check_tensor
+from ..backends import extension_status, implementation
 
 IMPLEMENTED = ("torch", "ext")
 _VALUE_DTYPES = (torch.float32, torch.float64)
@@ -118,26 +118,12 @@ def gae(
     check_same_shape(names, tensors)
     if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
         raise ValueError(f"gamma and lam: expected values in [0, 1], found {gamma}, {lam}")
-    fn = torch.ops.vgm2p_fast.gae if _resolve(reward.device.type, backend) == "ext" else gae_ref
+    fn = implementation("gae", IMPLEMENTED, reward.device, backend, gae_ref)
     with torch.no_grad():
         return fn(reward, value, next_value, done, terminal, float(gamma), float(lam))
 
 
-def _resolve(device_type: str, backend: str | None) -> str:
-    """``_backend.resolve`` for this op. Under ``torch.compile`` it runs once at trace time and
-    its answer is baked into the graph (dynamo cannot trace the module import inside it), so
-    ``vf.ops.gae`` traces with ``fullgraph=True``; a later change of ``VGM2P_BACKEND`` does not
-    reach an already compiled graph."""
-    return resolve("gae", IMPLEMENTED, torch.device(device_type), backend)
-
-
-# = torch.compiler.assume_constant_result(_resolve) without its `import torch._dynamo` (which
-# pulls sympy and triton in: ~3 s that `import vgm2p_fast` must not pay): the decorator only
-# sets this flag (torch 2.4 to 2.13); test_gae's fullgraph test fails if that ever changes.
-_resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
-
-
-if _load_ext()[0] is not None:
+if extension_status().ok:
     # Shapes for tracing (torch.compile, opcheck): two new contiguous tensors like reward.
     @torch.library.register_fake("vgm2p_fast::gae")
     def _gae_fake(reward, value, next_value, done, terminal, gamma, lam):

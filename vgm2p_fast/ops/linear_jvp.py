@@ -23,8 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import implementation
 from .._checks import FLOAT_DTYPES, check_tensor
+from ..backends import implementation
 
 ACTIVATIONS = ("silu", "relu", "gelu_tanh", "identity")
 IMPLEMENTED = ("torch", "triton")

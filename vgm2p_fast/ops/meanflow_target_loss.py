@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import implementation
 from .._checks import FLOAT_DTYPES, check_same_shape, check_tensor
+from ..backends import implementation
 
 IMPLEMENTED = ("torch", "triton")
 

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import BackendUnavailableError
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # triton 3.9's interpreter gets bf16 tl.dot wrong (a 16x16x16 bf16 product is off by ~2e10;
 # fp16 and fp32 are exact), so under the interpreter bf16 tiles are widened to float32 first.
@@ -48,8 +50,6 @@ def check_device(t: torch.Tensor) -> None:
     """CPU tensors can only run under the interpreter, and only if it was on when triton was
     imported (``TRITON_INTERPRET=1`` set later is not seen: triton would fail obscurely)."""
     if t.device.type == "cpu" and not INTERPRET:
-        from vgm2p_fast._backend import BackendUnavailableError
-
         raise BackendUnavailableError(
             "triton kernels got CPU tensors but triton was imported without the interpreter: "
             "set TRITON_INTERPRET=1 before anything imports triton (slow, for tests only), or "
