@@ -1,9 +1,12 @@
-"""benchmarks/results: run.py trains and resumes per-run directories, make_table.py turns them
-into RESULTS.md + plots with scores normalised by the dataset's references (toy budget)."""
+"""benchmarks/results: run.py trains and resumes per-run directories and keeps one runs.csv row
+per run; make_table.py turns the csv into RESULTS.md + plots with scores normalised by the
+dataset's references (toy budget)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -36,11 +39,32 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     assert summaries["vgm2p-g3"]["config"]["guidance"] == 3.0
     assert summaries["vgm2p"]["config"]["guidance"] == 2.0
     assert summaries["vgm2p"]["steps"] == 4
-    # A second call finds every run finished and trains nothing.
+    # One csv row per run, numbers exactly the summary's, paths repo-relative where they can be.
+    table = runs / "runs.csv"
+    with open(table, newline="") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert sorted(rows) == ["vgm2p", "vgm2p-g3"]
+    for m, r in rows.items():
+        s = summaries[m]
+        assert (r["dataset"], r["seed"], int(r["steps"])) == ("halfcheetah-2x3-small", "0", 4)
+        assert float(r["eval_return_mean"]) == s["eval_return_mean"]
+        assert float(r["train_time_s"]) == s["train_time_s"]
+        assert [float(x) for x in r["eval_returns"].split()] == s["eval_returns"]
+        assert float(r["guidance"]) == s["config"]["guidance"]
+        assert not Path(r["dataset_file"]).is_absolute()      # the bundled file, in the repo
+        assert (ROOT / r["dataset_file"]).resolve() == Path(s["dataset"]).resolve()
+        assert "dataset" not in json.loads(r["config"]) and "out" not in json.loads(r["config"])
+        assert r["commit"] == (runs / "halfcheetah-2x3-small" / m / "seed0" /
+                               "commit.txt").read_text().strip()
+    # A second call finds every run finished, trains nothing and rewrites the same csv
+    # (the repository's own runs.csv is never touched by a run elsewhere).
+    before, own = table.read_bytes(), (RESULTS / "runs.csv").read_bytes()
+    table.unlink()
     again = _run("run.py", *toy)
     assert again.returncode == 0 and again.stdout.count("done already") == 2, again.stdout
+    assert table.read_bytes() == before and (RESULTS / "runs.csv").read_bytes() == own
 
-    res = _run("make_table.py", "--runs", str(runs), "--out", str(out), "--seeds", "1",
+    res = _run("make_table.py", "--csv", str(table), "--out", str(out), "--seeds", "1",
                "--preamble", str(tmp_path / "none.md"))
     assert res.returncode == 0, res.stdout + res.stderr
     text = (out / "RESULTS.md").read_text()
@@ -61,3 +85,23 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
 def test_run_refuses_unknown_method(tmp_path: Path) -> None:
     res = _run("run.py", "--methods", "dqn", "--runs", str(tmp_path))
     assert res.returncode == 2 and "--methods" in res.stderr and "'dqn'" in res.stderr
+
+
+def test_committed_tables_come_from_their_csv(tmp_path: Path) -> None:
+    """Every committed RESULTS.md is what make_table.py writes from the runs.csv beside it, and
+    no tracked csv holds a path outside the repository."""
+    for folder in (RESULTS, RESULTS / "10k-steps", RESULTS / "600-steps"):
+        out = tmp_path / folder.name
+        out.mkdir()
+        res = _run("make_table.py", "--csv", str(folder / "runs.csv"), "--out", str(out),
+                   "--preamble", str(folder / "preamble.md"))
+        assert res.returncode == 0, res.stdout + res.stderr
+        # card links are relative to the output folder: compare with those put back
+        got = (out / "RESULTS.md").read_text()
+        got = got.replace(os.path.relpath(ROOT / "benchmarks" / "datasets" / "cards", out),
+                          os.path.relpath(ROOT / "benchmarks" / "datasets" / "cards", folder))
+        assert got == (folder / "RESULTS.md").read_text(), folder
+        with open(folder / "runs.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                for k in ("dataset_file", "run_dir"):
+                    assert not Path(r[k]).is_absolute(), (folder, k, r[k])

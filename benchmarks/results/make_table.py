@@ -1,19 +1,18 @@
-"""Write ``RESULTS.md`` and the plots from the run directories of ``run.py``.
+"""Write ``RESULTS.md`` and the plots from a ``runs.csv`` written by ``run.py``.
 
 Normalised return of a run: ``100 (R - R_random) / (R_expert - R_random)`` with ``R`` its
 evaluation return mean and the two references of its dataset (file attributes
 ``ref_random_return`` / ``ref_behaviour_return``, also in the dataset's card). A table cell is
 the mean ± std (ddof 1) over seeds of that number; the behaviour column is the dataset's own
 episodes (mean ± std over episodes). Nothing is filled in for a missing run: a cell says how
-many seeds it has.
+many seeds it has. Only the csv and the dataset files it names are read.
 
-    python benchmarks/results/make_table.py     # table-runs/ -> RESULTS.md, *.png
+    python benchmarks/results/make_table.py     # runs.csv -> RESULTS.md, results.png, sweep.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict
@@ -25,30 +24,32 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import METHODS, RUNS, TABLE_DATASETS  # noqa: E402
-
-from vgm2p_fast.train import TrainConfig  # noqa: E402
+from run import CSV, METHODS, ROOT, SWEEP_DATASETS, TABLE_DATASETS, read_csv  # noqa: E402
 
 LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P",
           "meanflow-bc": "MeanFlow-BC (`--condition none`)", "fm-bc": "flow-matching BC"}
 CARDS = HERE.parent / "datasets" / "cards"
 
 
-def load_runs(runs: Path) -> dict[tuple[str, str], list[dict]]:
-    """(dataset, method) -> the summaries of its finished seeds (sorted by seed)."""
+def load_runs(table: Path) -> dict[tuple[str, str], list[dict]]:
+    """(dataset, method) -> the rows of its finished seeds (sorted by seed), numbers parsed."""
     out: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for f in sorted(runs.glob("*/*/seed*/summary.json")):
-        s = json.loads(f.read_text())
-        s["_seed"] = int(f.parent.name.removeprefix("seed"))
-        out[(f.parents[2].name, f.parents[1].name)].append(s)
+    for r in read_csv(table):
+        s = {"dataset": r["dataset_file"], "seed": int(r["seed"]), "steps": int(r["steps"]),
+             "guidance": float(r["guidance"]),
+             **{k: float(r[k]) for k in ("eval_return_mean", "train_time_s")}}
+        if r["eval_win_rate"]:
+            s["eval_win_rate"] = float(r["eval_win_rate"])
+        out[(r["dataset"], r["method"])].append(s)
     for v in out.values():
-        v.sort(key=lambda s: s["_seed"])
+        v.sort(key=lambda s: s["seed"])
     return out
 
 
 def dataset_refs(path: str) -> dict[str, float | np.ndarray]:
-    """Reference returns and the episode returns of a dataset file."""
-    with h5py.File(path, "r") as f:
+    """Reference returns and the episode returns of a dataset file (a relative path is taken
+    from the repository root)."""
+    with h5py.File(ROOT / path, "r") as f:
         rew = f["rewards"][:].astype(np.float64)
         done = f["terminals"][:] | f["truncations"][:]
         ends = np.flatnonzero(done)
@@ -73,9 +74,9 @@ def cell(x: np.ndarray | None, want: int) -> str:
     return f"{m:.1f} ± {s:.1f}" + (f" ({len(x)}/{want} seeds)" if len(x) < want else "")
 
 
-def collect(runs: Path, seeds: int) -> tuple[list[dict], dict]:
+def collect(table: Path, seeds: int) -> tuple[list[dict], dict]:
     """Per-dataset rows of the table (normalised scores per method) and the sweep points."""
-    data = load_runs(runs)
+    data = load_runs(table)
     names = [d for d in TABLE_DATASETS if any((d, m) in data for m in METHODS)]
     names += sorted({d for d, m in data if m in METHODS and d not in names})
     rows = []
@@ -95,13 +96,14 @@ def collect(runs: Path, seeds: int) -> tuple[list[dict], dict]:
             row[f"{m}_win"] = float(np.mean(wins)) if wins else None
         rows.append(row)
     sweep: dict[str, dict[float, np.ndarray]] = {}
-    for d in {d for d, _ in data}:
+    order = [d for d in SWEEP_DATASETS if d in refs_of] + sorted(set(refs_of) - {*SWEEP_DATASETS})
+    for d in order:
         pts = {}
         for (dd, m), sums in data.items():
             if dd != d or not (m == "vgm2p" or m.startswith("vgm2p-g")):
                 continue
-            w = TrainConfig.guidance if m == "vgm2p" else float(m.removeprefix("vgm2p-g"))
-            pts[w] = normalise([s["eval_return_mean"] for s in sums], refs_of[d])
+            pts[sums[0]["guidance"]] = normalise([s["eval_return_mean"] for s in sums],
+                                                 refs_of[d])
         if len(pts) > 1:
             sweep[d] = dict(sorted(pts.items()))
     return rows, sweep
@@ -229,15 +231,15 @@ def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=Path, default=RUNS)
+    p.add_argument("--csv", type=Path, default=CSV, help="the runs.csv of run.py")
     p.add_argument("--out", type=Path, default=HERE, help="folder of RESULTS.md and the PNGs")
     p.add_argument("--seeds", type=int, default=3, help="seeds a complete cell has")
     p.add_argument("--preamble", type=Path, default=HERE / "preamble.md",
                    help="markdown put under the title (budget, machine), if it exists")
     a = p.parse_args(argv)
-    rows, sweep = collect(a.runs, a.seeds)
+    rows, sweep = collect(a.csv, a.seeds)
     if not rows and not sweep:
-        p.error(f"--runs: no finished run (*/*/seed*/summary.json) under {a.runs}")
+        p.error(f"--csv: no finished run in {a.csv}")
     a.out.mkdir(parents=True, exist_ok=True)
     plots = plot(rows, sweep, a.out)
     preamble = a.preamble.read_text() if a.preamble.exists() else ""

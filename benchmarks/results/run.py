@@ -1,10 +1,14 @@
 """Run the learning-results table: datasets x methods x seeds, and the guidance-scale sweep.
 
 Every run is one ``vgm2p train`` process writing to its own directory
-``table-runs/<dataset>/<method>/seed<k>/`` (``vgm2p-g<W>`` for the sweep's scales); a run
-whose ``summary.json`` exists is skipped, one with a ``checkpoint.pt`` is resumed, so the script
-can be stopped and re-run at any time. ``make_table.py`` turns the directories into
-``RESULTS.md`` and the plots.
+``table-runs/<dataset>/<method>/seed<k>/`` (``vgm2p-g<W>`` for the sweep's scales; not in git);
+a run whose ``summary.json`` exists is skipped, one with a ``checkpoint.pt`` is resumed, so the
+script can be stopped and re-run at any time. When a run finishes (or is found finished), its
+row of ``runs.csv`` is written or refreshed: one row per (dataset, method, seed) with the
+summary's numbers, the config, the code commit and repo-relative paths. That file is what git
+keeps and what ``make_table.py`` turns into ``RESULTS.md`` and the plots. ``--csv`` chooses it;
+the default is ``benchmarks/results/runs.csv`` for the default ``--runs`` and
+``<runs>/runs.csv`` for any other.
 
 Methods (all the same network, data, budget and evaluation):
 
@@ -15,7 +19,7 @@ Methods (all the same network, data, budget and evaluation):
 
     python benchmarks/results/run.py --table --sweep --jobs 2     # what RESULTS.md shows
     python benchmarks/results/run.py --datasets halfcheetah-2x3-medium --methods vgm2p \\
-        --seeds 0 --steps 500 --runs /tmp/runs                   # one quick run
+        --seeds 0 --steps 500 --runs /tmp/runs        # one quick run, row in /tmp/runs/runs.csv
 
 A dataset name is looked up in ``benchmarks/data/<name>.h5`` first, then wherever
 ``vgm2p train --dataset NAME`` finds it (bundled data, ``$VGM2P_DATA_DIR``).
@@ -24,20 +28,31 @@ A dataset name is looked up in ``benchmarks/data/<name>.h5`` first, then whereve
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vgm2p_fast.train import TrainConfig
-
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 DATA = HERE.parent / "data"
 RUNS = HERE / "table-runs"
+CSV = HERE / "runs.csv"
+# One row per run: the summary's numbers (eval_returns space-separated), the config as JSON
+# without its two paths, the code commit (``git rev-parse --short HEAD``, ``+dirty`` when
+# tracked files had uncommitted changes) and paths relative to the repository root.
+COLUMNS = ["dataset", "method", "seed", "steps", "iterations", "eval_episodes",
+           "eval_return_mean", "eval_return_std", "eval_win_rate", "eval_returns",
+           "dataset_return_mean", "train_time_s", "samples_per_s", "world_size", "guidance",
+           "env", "dataset_file", "run_dir", "commit", "config"]
+_CSV_LOCK = threading.Lock()
 
 METHODS: dict[str, list[str]] = {
     "vgm2p": ["--condition", "binary"],
@@ -75,7 +90,73 @@ def method_args(method: str) -> list[str]:
 
 def sweep_method(w: float) -> str:
     """The run name of guidance ``w``: the table's ``vgm2p`` runs at the default scale."""
+    from vgm2p_fast.train import TrainConfig  # here: make_table.py needs none of the package
+
     return "vgm2p" if w == TrainConfig.guidance else f"vgm2p-g{w:g}"
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root when it is inside it, else unchanged."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def code_commit() -> str:
+    """Short HEAD commit, ``+dirty`` if tracked files differ from it; "" outside a checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                              text=True).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return ""
+    return head + ("+dirty" if head and dirty else "")
+
+
+def csv_row(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, str]:
+    """The runs.csv row of a finished run directory (its summary.json and commit.txt)."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    cfg = {k: v for k, v in s["config"].items() if k not in ("dataset", "out")}
+    commit = run_dir / "commit.txt"
+    row = {k: s.get(k, "") for k in COLUMNS}
+    row.update(dataset=dataset, method=method, seed=seed,
+               eval_returns=" ".join(map(repr, s.get("eval_returns", []))),
+               guidance=cfg.get("guidance", cfg.get("guidance_scale", "")),
+               dataset_file=repo_relative(s["dataset"]), run_dir=repo_relative(run_dir),
+               commit=commit.read_text().strip() if commit.exists() else "",
+               config=json.dumps(cfg, sort_keys=True, separators=(",", ":")))
+    return {k: str(v) for k, v in row.items()}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a runs.csv (none if it does not exist)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def upsert_row(path: Path, row: dict[str, str]) -> None:
+    """Write ``row`` into ``path`` in place of the row of the same (dataset, method, seed), if
+    any; rows stay sorted by that key (the file does not depend on the order runs finish in).
+    The file is rewritten atomically (temp file + rename) under a lock the workers share."""
+    def key(r: dict[str, str]) -> tuple[str, str, int]:
+        return r["dataset"], r["method"], int(r["seed"])
+
+    with _CSV_LOCK:
+        rows = {key(r): r for r in read_csv(path)}
+        rows[key(row)] = row
+        rows = [rows[k] for k in sorted(rows)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
 
 
 def plan(datasets: list[str], methods: list[str], seeds: list[int]
@@ -85,23 +166,30 @@ def plan(datasets: list[str], methods: list[str], seeds: list[int]
 
 
 def run_one(runs: Path, dataset: str, method: str, seed: int, *, train_args: list[str],
-            vgm2p: list[str], env: dict[str, str]) -> str:
-    """Train (or resume, or skip) one run; a line saying which and how long."""
+            vgm2p: list[str], env: dict[str, str], table: Path, commit: str) -> str:
+    """Train (or resume, or skip) one run and write its row of ``table`` (runs.csv); a line
+    saying which and how long."""
     out = runs / dataset / method / f"seed{seed}"
     if (out / "summary.json").exists():
+        upsert_row(table, csv_row(out, dataset, method, seed))
         return f"done already  {out}"
     out.mkdir(parents=True, exist_ok=True)
     if (out / "checkpoint.pt").exists():
         cmd = [*vgm2p, "train", "--resume", str(out), "--quiet"]
+        old = (out / "commit.txt").read_text().split() if (out / "commit.txt").exists() else []
+        if commit not in old:               # a resumed run names every commit it ran at
+            (out / "commit.txt").write_text(" ".join([*old, commit]) + "\n")
     else:
         cmd = [*vgm2p, "train", "--dataset", dataset_arg(dataset), "--seed", str(seed),
                "--out", str(out), "--quiet", *method_args(method), *train_args]
+        (out / "commit.txt").write_text(commit + "\n")
     (out / "command.txt").write_text(" ".join(cmd) + "\n")
     t0 = time.perf_counter()
     with open(out / "train.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {rc}; see {out}/train.log")
+    upsert_row(table, csv_row(out, dataset, method, seed))
     return f"{time.perf_counter() - t0:7.1f} s  {out}"
 
 
@@ -117,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="policy gradient steps per run")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--runs", type=Path, default=RUNS, help="root of the run directories")
+    p.add_argument("--csv", type=Path, default=None,
+                   help=f"the runs.csv to write (default: {repo_relative(CSV)} for the default "
+                        "--runs, <runs>/runs.csv otherwise)")
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (OMP_NUM_THREADS; default: torch's own)")
@@ -154,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = str(a.threads)
     failed = 0
     with ThreadPoolExecutor(a.jobs) as pool:
-        one = functools.partial(run_one, a.runs, train_args=train_args, vgm2p=vgm2p, env=env)
+        table = a.csv or (CSV if a.runs.resolve() == RUNS else a.runs / "runs.csv")
+        one = functools.partial(run_one, a.runs, train_args=train_args, vgm2p=vgm2p, env=env,
+                                table=table, commit=code_commit())
         futures = [pool.submit(one, d, m, s) for d, m, s in todo]
         for f in futures:
             try:
