@@ -16,11 +16,11 @@ import torch
 
 from vgm2p_fast import envs
 
-INSTALL = "pip install -e '.[envs]'"
+INSTALL = {family: f"pip install -e '.[{family}]'" for family in ("mamujoco", "smax")}
 needs_mamujoco = pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None,
-                                    reason=f"needs gymnasium-robotics: {INSTALL}")
+                                    reason=f"needs gymnasium-robotics: {INSTALL['mamujoco']}")
 needs_smax = pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None,
-                                reason=f"needs jaxmarl: {INSTALL}")
+                                reason=f"needs jaxmarl: {INSTALL['smax']}")
 
 
 def uniform_act(width: float, action_dim: int):
@@ -72,14 +72,14 @@ def test_missing_mamujoco_names_package_and_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)   # import now fails
     with pytest.raises(envs.EnvUnavailableError) as info:
         envs.evaluate(uniform_act(1.0, 3), "mamujoco/HalfCheetah-2x3", 1)
-    assert "gymnasium-robotics" in str(info.value) and INSTALL in str(info.value)
+    assert "gymnasium-robotics" in str(info.value) and INSTALL["mamujoco"] in str(info.value)
 
 
 def test_missing_jaxmarl_names_package_and_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "jaxmarl", None)
     with pytest.raises(envs.EnvUnavailableError) as info:
         envs.env_info("smax/5m_vs_6m")   # a map no other test builds (the builder is cached)
-    assert "jaxmarl" in str(info.value) and INSTALL in str(info.value)
+    assert "jaxmarl" in str(info.value) and INSTALL["smax"] in str(info.value)
 
 
 def test_bad_arguments_are_value_errors():
@@ -126,7 +126,7 @@ def test_mamujoco_record_replays_on_the_raw_env(spec):
     with envs.quiet_mujoco_compile():
         raw = mamujoco_v1.parallel_env(scenario, conf)
     agents = raw.possible_agents
-    obs, _ = raw.reset(seed=envs._episode_seed(3, 0))
+    obs, _ = raw.reset(seed=envs.episode_seed(3, 0))
     # Replaying from the stored [-1, 1] actions rescales in float64 what the rollout stepped
     # in float32: states agree to ~1e-6 and, over 60 steps, drift stays far below 1e-3.
     TOL = {"rtol": 1e-3, "atol": 1e-3}
@@ -243,7 +243,7 @@ def test_bundled_dataset_was_recorded_from_this_environment():
     assert ds.action_high.tolist() == info["action_high"]
     with envs.quiet_mujoco_compile():
         raw = mamujoco_v1.parallel_env("HalfCheetah", "2x3")
-    obs, _ = raw.reset(seed=envs._episode_seed(0, 0))
+    obs, _ = raw.reset(seed=envs.episode_seed(0, 0))
     agents = raw.possible_agents
     low, high = ds.action_low.double().numpy(), ds.action_high.double().numpy()
     env_actions = low + (ds.actions.double().numpy() + 1) / 2 * (high - low)

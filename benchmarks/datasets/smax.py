@@ -54,7 +54,7 @@ def heuristic_act_fn(spec: str, eps: float, seed: int, n_envs: int = N_ENVS):
     from jaxmarl.environments.smax import heuristic_enemy as he
 
     envs.env_info(spec)                                   # builds (and checks) the map
-    env = envs._smax_functions(envs.parse_env_spec(spec)[1])[0]
+    env = envs.smax_env(envs.parse_env_spec(spec)[1])
     policy = he.create_heuristic_policy(env, 0, shoot=True, attack_mode="closest")
     init = he.get_heuristic_policy_initial_state()
     heuristic = jax.jit(jax.vmap(lambda k, o: policy(k, init, o)[0]))
