@@ -1,6 +1,11 @@
 """Public ops. Each has a pure-torch ``<op>_ref`` beside it (the oracle for tests) and picks a
-backend per call (see ``vgm2p_fast._backend``)."""
+backend per call (see ``vgm2p_fast.backends``)."""
 
+from collections.abc import Callable
+
+import torch
+
+from ..backends import implementation, resolve
 from . import cfg_sample as _cfg_sample
 from . import gae as _gae
 from . import linear_jvp as _linear_jvp
@@ -15,6 +20,23 @@ REGISTRY = {
     m.__name__.rsplit(".", 1)[1]: m.IMPLEMENTED
     for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _gae)
 }
+_MODULES = {m.__name__.rsplit(".", 1)[1]: m
+            for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _gae)}
+
+
+def unchecked(op: str, device: torch.device, backend: str | None = None) -> Callable:
+    """The unchecked function that runs ``op`` on ``device`` with the resolved backend (its
+    ``<op>_ref``'s arguments, no validation): for callers that validate once and call many
+    times, e.g. the policy's ~6 layers per forward, where the public op's checks would cost
+    more than a small layer itself."""
+    mod = _MODULES[op]
+    return implementation(op, mod.IMPLEMENTED, device, backend, getattr(mod, f"{op}_ref"))
+
+
+def resolved_backend(op: str, device: torch.device, backend: str | None = None) -> str:
+    """The backend name ``op`` resolves to on ``device`` (``backend`` None/"auto": automatic)."""
+    return resolve(op, _MODULES[op].IMPLEMENTED, device, backend)
+
 
 __all__ = [
     "REGISTRY",
@@ -26,4 +48,6 @@ __all__ = [
     "linear_jvp_ref",
     "meanflow_target_loss",
     "meanflow_target_loss_ref",
+    "resolved_backend",
+    "unchecked",
 ]

@@ -1,0 +1,109 @@
+"""Sampling actions from a trained velocity network (design 1.2, execution).
+
+One step (MeanFlow's point): ``x = e - u(e, r = 0, t = 1 | o, id, c*)``, one network
+evaluation per agent. ``n_steps > 1`` takes Euler steps from t = 1 to 0 with the velocity of a
+sampler in :data:`SAMPLERS`:
+
+- ``meanflow``: the average velocity ``u(z, r, t)`` over each step ``[r, t]`` (exact for a
+  perfectly trained MeanFlow at any step count);
+- ``euler``: the instantaneous velocity ``u(z, t, t)``, as a flow-matching policy must be sampled.
+
+Test-time guidance ``u = u_null + w (u_c - u_null)`` runs the cond and null passes stacked as
+one batch. Continuous actions are clipped to [-1, 1] and rescaled to the bounds; discrete ones
+are the masked argmax of the generated {-1, +1} one-hot.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .._checks import check_avail, check_tensor
+from . import fastpath
+from .network import VelocityNetwork
+
+# name -> whether steps use the average velocity u(z, r, t) (True) or u(z, t, t) (False)
+SAMPLERS: dict[str, bool] = {"meanflow": True, "euler": False}
+
+
+def _token(net: VelocityNetwork, cond, batch: int) -> torch.Tensor | int:
+    """cond as an int token (checked once, not as a tensor: min/max are two reductions a call)
+    or a checked [B] / [B, N] tensor; None means ``exec_token``."""
+    if cond is None or isinstance(cond, int):
+        token = net.exec_token if cond is None else cond
+        if not 0 <= token <= net.null_token:
+            raise ValueError(f"cond: expected a token id in [0, {net.null_token}] "
+                             f"({net.null_token} = null), found {token}")
+        return token
+    return net._check_cond(cond, batch)
+
+
+@torch.no_grad()
+def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | None = None, *,
+        cond: torch.Tensor | int | None = None, test_guidance: float = 1.0, n_steps: int = 1,
+        noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+        sampler: str = "meanflow") -> torch.Tensor:
+    """Actions [B, N, D] (continuous, in the bounds) or [B, N] ids (discrete); see
+    ``MeanFlowPolicy.act`` for the arguments."""
+    obs = net._check_obs(obs)
+    batch, dev, dtype = obs.shape[0], obs.device, obs.dtype
+    shape = (batch, net.n_agents, net.action_dim)
+    if net.discrete and avail_actions is not None:
+        check_tensor("avail_actions", avail_actions, shape=shape, dtypes=(torch.bool,),
+                     device=dev)
+        check_avail(avail_actions)
+    elif avail_actions is not None:
+        raise ValueError("avail_actions: expected None for continuous actions, found a mask")
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, found {sampler!r}")
+    if not isinstance(test_guidance, (int, float)) or not test_guidance > 0 \
+            or test_guidance == float("inf"):
+        raise ValueError(f"test_guidance: expected a finite number > 0, found {test_guidance!r}")
+    cond = _token(net, cond, batch)
+    if noise is None:
+        z = torch.randn(shape, device=dev, dtype=dtype, generator=generator)
+    else:
+        z = check_tensor("noise", noise, shape=shape, dtypes=(dtype,), device=dev)
+    guided = test_guidance != 1.0
+    if guided:  # one stacked pass: [cond rows; null rows]
+        obs = torch.cat([obs, obs])
+    if isinstance(cond, torch.Tensor) and guided:
+        cond = torch.cat([cond, torch.full_like(cond, net.null_token)])
+    fast = not torch.compiler.is_compiling()
+    layer = net._layer_fn(dev)
+    mean_velocity = SAMPLERS[sampler]
+
+    def velocities(t_val: float, r_val: float):
+        nonlocal fast, cond
+        zz = torch.cat([z, z]) if guided else z
+        r_val = r_val if mean_velocity else t_val
+        u = (fastpath.exec_velocity(net, zz, obs, cond, guided, t_val, r_val, layer)
+             if fast else None)
+        if u is None:  # general path (compiled, or parameters without version counters)
+            fast = False
+            if not isinstance(cond, torch.Tensor):
+                tokens = [cond, net.null_token] if guided else [cond]
+                cond = torch.tensor(tokens, device=dev).repeat_interleave(batch)
+            t = torch.full(zz.shape[:2], t_val, device=dev, dtype=dtype)
+            r = torch.full(zz.shape[:2], r_val, device=dev, dtype=dtype)
+            u = net._run(zz, r, t, obs, cond)[0]
+        return u.chunk(2) if guided else (u, None)
+
+    if n_steps == 1 and fast and layer is not ops.linear_jvp_ref:  # only Triton layers fuse
+        fused = fastpath.fused_act(net, z, obs, cond, guided, test_guidance, avail_actions)
+        if fused is not None:
+            return fused
+    step = 1.0 / n_steps
+    for k in range(n_steps - 1):  # Euler steps on the average velocity, t = 1 -> 1/n
+        u_c, u_null = velocities(1.0 - k * step, 1.0 - (k + 1) * step)
+        z = z - step * (u_c if u_null is None else torch.lerp(u_null, u_c, test_guidance))
+    u_c, u_null = velocities(step, 0.0)
+    low, high = (None, None) if net.discrete else (net.action_low.to(dtype),
+                                                   net.action_high.to(dtype))
+    # per-agent bounds (N, D) broadcast over the batch in the torch step; the Triton kernel
+    # takes one (D,) row of bounds
+    backend = "torch" if low is not None and low.dim() > 1 else net._op_backend()
+    sample = ops.unchecked("cfg_sample", dev, backend)
+    return sample(z, u_c, u_null, test_guidance, step, low, high, avail_actions, net.discrete)
