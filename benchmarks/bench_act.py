@@ -12,9 +12,9 @@ weights, continuous actions, observation normalisation on): only the sampling sc
 
 At B = 1 env (decentralised execution: 6 rows) and B = 1024 envs (6144 rows); under
 ``--benchmark-disable`` (the CI smoke) the large batch shrinks to 16 envs. B = 1 and the
-smoke run on one thread (README, "acting on a CPU with small batches": on the shared 2-core
-machine a 2-thread DDPM call at B = 1 took 26 s instead of 0.1 s, each of its ~3000 small ops
-waiting for the second thread). Goal on CPU, one run:
+smoke run on one thread (docs/integrations.md, "acting on a CPU with small batches": on the
+shared 2-core machine a 2-thread DDPM call at B = 1 took 26 s instead of 0.1 s, each of its
+~3000 small ops waiting for the second thread). Goal on CPU, one run:
 ``vgm2p`` <= 1.2x ``mlp`` at B = 1 env. Run: ``pytest benchmarks/bench_act.py --benchmark-only``.
 """
 
@@ -55,7 +55,7 @@ def test_act(benchmark, envs, case):
     act = _actor(case)
     obs = torch.randn(envs, AGENTS, OBS, generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
-    if envs == 1 or benchmark.disabled:  # README: act on one thread with small batches
+    if envs == 1 or benchmark.disabled:  # docs/integrations.md: act on one thread, small batches
         torch.set_num_threads(1)
     try:
         act(obs)  # warm-up (the fast path folds its first layer on the first call)

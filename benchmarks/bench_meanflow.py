@@ -15,8 +15,9 @@ Groups ``meanflow-step-kappa0-B{batch}-{shared|per_agent}-{continuous|discrete}`
 discrete head (12 actions) at batch 256. kappa = 0 (no guidance pass) isolates the cost of the
 JVP; ``meanflow-step-guided-B256`` is the default kappa = 0.5 (one more stacked no-grad pass).
 A step = zero_grad + loss + backward + AdamW update.
-Goals on CPU, one run (README): ``fast`` <= 1.9x ``flow_matching`` at kappa = 0, and >= 2x faster
-than ``func``. Under ``--benchmark-disable`` (the CI smoke) the batch shrinks to 16.
+Goals on CPU, one run (docs/performance.md): ``fast`` <= 1.9x ``flow_matching`` at kappa = 0,
+and >= 2x faster than ``func``. Under ``--benchmark-disable`` (the CI smoke) the batch shrinks to
+16.
 Run: ``pytest benchmarks/bench_meanflow.py --benchmark-only``.
 """
 

@@ -342,7 +342,7 @@ def write_report(data: dict, out: Path, chart_path: Path, source: str, profiles:
                 lines += [f"Bound in this run: `{num}` ÷ `{den}` in `{group}` = {shown}.", ""]
             if key == "none":
                 lines.append("A single op against a single copy: no profile to break down; "
-                             "see the README's gae section for the analysis.")
+                             "see docs/performance.md (gae) for the analysis.")
             elif not profiles:
                 lines.append("(profiles skipped: `--no-profile`)")
             elif key in done:

@@ -1,4 +1,4 @@
-"""Backend selection (DESIGN section 2): auto, per-call and VGM2P_BACKEND forcing, clear errors."""
+"""Backend selection (docs/design.md 2): auto, per-call and VGM2P_BACKEND forcing, clear errors."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``gae``: both backends against a float64 Python loop, plus the op's contract.
 
-Oracle: the recurrence of DESIGN 1.1 written as a plain Python loop over floats (float64), one
-sequence at a time; masks are "set" where non-zero and select rather than multiply, so NaN in
-one episode stays there (the op's documented semantics).
+Oracle: the recurrence of docs/design.md 1.1 written as a plain Python loop over floats
+(float64), one sequence at a time; masks are "set" where non-zero and select rather than
+multiply, so NaN in one episode stays there (the op's documented semantics).
 """
 
 import math

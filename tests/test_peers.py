@@ -34,7 +34,7 @@ def _policy(share: bool, discrete: bool, dtype=torch.float64, seed=0) -> vf.Mean
 
 def _general_act(policy, obs, z, cond, guidance=1.0, avail=None):
     """act through the public general path: u(e, 0, 1 | ...) via average_velocity, then
-    cfg_sample_ref (DESIGN 1.2 execution)."""
+    cfg_sample_ref (docs/design.md 1.2 execution)."""
     b = obs.shape[0]
     one, zero = torch.ones(b, dtype=obs.dtype), torch.zeros(b, dtype=obs.dtype)
     with torch.no_grad():

@@ -52,7 +52,7 @@ def render_card(summary: dict, definition: str, policy_note: str) -> str:
     lines = [
         f"# Dataset card: `{name}`", "",
         "| | |", "|---|---|",
-        f"| environment | `{summary['env']}` (DESIGN section 6) |",
+        f"| environment | `{summary['env']}` (docs/design.md section 6) |",
         f"| quality | `{summary['quality']}`: {definition} |",
         f"| behaviour policy | {policy_note} |",
         f"| file | `{summary['out']}` ({summary['file_bytes']:,} bytes, gzip) |",

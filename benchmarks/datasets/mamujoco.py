@@ -1,4 +1,4 @@
-"""Generate a MaMuJoCo offline dataset (DESIGN section 3) from a single-agent behaviour policy.
+"""Generate a MaMuJoCo offline dataset (docs/design.md 3) from a single-agent behaviour policy.
 
 The behaviour policy is a linear ARS policy (``ars.py``) trained on the single-agent gymnasium
 task under the scenario (``HalfCheetah-v5`` for ``mamujoco/HalfCheetah-2x3``). It acts on the

@@ -1,5 +1,5 @@
-"""Generate a SMAX offline dataset (DESIGN section 3) from jaxmarl's heuristic policy mixed with
-random available actions.
+"""Generate a SMAX offline dataset (docs/design.md 3) from jaxmarl's heuristic policy mixed
+with random available actions.
 
 The behaviour policy of every ally is jaxmarl's scripted SMAX micromanagement heuristic
 (``create_heuristic_policy(env, team=0, attack_mode="closest")``: shoot the closest enemy in

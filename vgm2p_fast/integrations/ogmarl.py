@@ -4,8 +4,9 @@ OG-MARL's evaluation loops (and PettingZoo parallel envs, which OG-MARL wraps) p
 dicts of numpy arrays: ``observations[agent] (obs_i,)`` and, for discrete envs, 0/1
 ``legals[agent] (K,)``; the system answers ``actions[agent]``. ``MeanFlowSystem`` does that with
 one batched network evaluation for all agents. Observations shorter than the policy's
-``obs_dim`` are zero-padded at the end (the convention of the datasets, DESIGN section 6), and
-an agent with fewer action dimensions than the policy gets its leading ``action_dims[agent]``.
+``obs_dim`` are zero-padded at the end (the convention of the datasets, docs/design.md
+section 6), and an agent with fewer action dimensions than the policy gets its leading
+``action_dims[agent]``.
 """
 
 from __future__ import annotations
