@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgm2p_fast import cli, datasets
+from vgm2p_fast import cli, datasets, envs
 from vgm2p_fast.datasets import DatasetError, load_dataset, write_dataset
 
 T, N, OBS, ACT, K, STATE = 40, 3, 5, 2, 4, 7
@@ -89,6 +89,15 @@ def _del_attr(name):
     return edit
 
 
+def _set_at_attr(name, index, value):
+    """Edit that sets element ``index`` of array attribute ``name``."""
+    def edit(f):
+        arr = f.attrs[name].copy()
+        arr[index] = value
+        f.attrs[name] = arr
+    return edit
+
+
 def _set_at(name, index, value):
     return _replace(name, lambda a: (a.__setitem__(index, value), a)[1])
 
@@ -125,7 +134,11 @@ BROKEN = [
     ("agents-actions", "continuous", _replace("actions", lambda a: a[:, :1]), "actions",
      "(attribute n_agents)"),
     ("act-dim-vs-bounds", "continuous", _replace("actions", lambda a: a[..., :1]), "actions",
-     "(length of action_low)"),
+     "(last dim of action_low)"),
+    ("act-dim-vs-per-agent-bounds", "continuous",
+     lambda f: [_set_attr(k, np.full((N, ACT + 1), v))(f)
+                for k, v in (("action_low", -1.0), ("action_high", 1.0))],
+     "actions", f"= ({T}, {N}, {ACT + 1}) (last dim of action_low)"),
     ("n-actions-vs-avail", "discrete", _set_attr("n_actions", K + 1), "avail_actions",
      "(attribute n_actions)"),
     ("rows-rewards", "continuous", _replace("rewards", lambda a: a[:-1]), "rewards",
@@ -159,8 +172,22 @@ BROKEN = [
     ("discrete-unavailable", "discrete",
      lambda f: _set_at("avail_actions", (11, 2, int(f["actions"][11, 2])), False)(f),
      "avail_actions", "1 taken actions marked unavailable (first at row 11, agent 2"),
-    ("env-unknown", "continuous", _set_attr("env", "gym/HalfCheetah"), "attribute env",
-     "mamujoco/<scenario>-<agent_conf>"),
+    # Any env string trains; one of a registered family must follow its syntax (a typo).
+    ("env-malformed", "continuous", _set_attr("env", "mamujoco/HalfCheetah"), "attribute env",
+     "expected 'mamujoco/<scenario>-<agent_conf>' such as 'mamujoco/HalfCheetah-2x3'"),
+    ("env-malformed-smax", "discrete", _set_attr("env", "smax/3m/x"), "attribute env",
+     "expected 'smax/<map>'"),
+    ("env-empty", "continuous", _set_attr("env", ""), "attribute env",
+     "expected a non-empty string naming the environment"),
+    ("env-blank", "discrete", _set_attr("env", "  "), "attribute env", "a non-empty string"),
+    ("env-not-string", "continuous", _set_attr("env", 3), "attribute env",
+     "found 3 (type int64, not a string)"),
+    ("space-of-unknown-env", "continuous",
+     lambda f: (_set_attr("env", "my-sim")(f), _set_attr("action_space", "box")(f)),
+     "attribute action_space", "expected 'continuous' or 'discrete', found 'box'"),
+    ("space-missing-unknown-env", "discrete",
+     lambda f: (_set_attr("env", "vmas/navigation")(f), _del_attr("action_space")(f)),
+     "attribute action_space", "'continuous' or 'discrete', found none"),
     ("env-space-mismatch", "continuous", _set_attr("action_space", "discrete"),
      "attribute action_space", "'continuous' (env mamujoco/Hopper-3x1)"),
     ("format-too-new", "continuous", _set_attr("format_version", 99),
@@ -169,6 +196,19 @@ BROKEN = [
      "attribute action_high", "values > action_low"),
     ("bounds-nan", "continuous", _set_attr("action_low", np.array([np.nan, -1.0])),
      "attribute action_low", "finite values"),
+    ("bounds-agents", "continuous", _set_attr("action_low", np.full((N + 1, ACT), -1.0)),
+     "attribute action_low", f"[n_agents = {N}, act_dim] (per agent), found"),
+    ("bounds-rank", "continuous", _set_attr("action_high", np.ones((N, ACT, 1))),
+     "attribute action_high", f"(shape ({N}, {ACT}, 1), dtype float64)"),
+    ("bounds-text", "continuous", _set_attr("action_low", "-1"), "attribute action_low",
+     "a float array [act_dim]"),
+    ("bounds-shapes-differ", "continuous", _set_attr("action_low", np.full((N, ACT), -3.0)),
+     "attribute action_high", f"(same shape ({N}, {ACT})), found [2.0, 0.5] (shape ({ACT},))"),
+    ("bounds-per-agent-order", "continuous",
+     lambda f: [_set_attr(k, np.full((N, ACT), v))(f) for k, v in (("action_low", -1.0),
+                                                                   ("action_high", 1.0))]
+     and _set_at_attr("action_high", (2, 1), -1.0)(f),
+     "attribute action_high", "values > action_low"),
     ("avail-on-continuous", "continuous",
      lambda f: f.create_dataset("avail_actions", data=np.ones((T, N, 2), bool)),
      "avail_actions", "no availability mask for continuous actions"),
@@ -288,8 +328,7 @@ def test_round_trip_is_exact(tmp_path, kind, compression):
     else:
         assert not ds.discrete and ds.n_actions is None and ds.action_dim == ACT
         assert ds.avail_actions is None
-        np.testing.assert_array_equal(ds.action_low.numpy(), [-2.0, -1.0])
-        np.testing.assert_array_equal(ds.action_high.numpy(), [2.0, 0.5])
+        assert ds.action_low.tolist() == [-2.0, -1.0] and ds.action_high.tolist() == [2.0, 0.5]
 
 
 def test_writer_converts_torch_and_loose_dtypes(tmp_path):
@@ -320,6 +359,73 @@ def test_writer_default_bounds_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="observations: expected a numpy array or torch tensor"):
         write_dataset(tmp_path / "e.h5", **{**a, "observations": "obs.npy"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+
+@pytest.mark.parametrize("env", ["vmas/navigation", "my-sim", "gym/HalfCheetah-v5",
+                                 "Hopper 3x1 (my fork)"])
+@pytest.mark.parametrize("kind", ["continuous", "discrete"])
+def test_any_env_name_loads_and_reports_evaluation_skipped(tmp_path, env, kind):
+    """Own data: an env no family is registered for trains; evaluation says why it is skipped."""
+    path = tmp_path / "own.h5"
+    write_dataset(path, **{**_arrays(kind == "discrete", seed=9), "env": env})
+    ds = load_dataset(path)
+    assert ds.env == env and ds.discrete == (kind == "discrete") and ds.n_transitions == T
+    status = envs.evaluation_status(ds.env)
+    family = env.partition("/")[0]
+    assert not status and status.available is False
+    assert status.reason.startswith(f"evaluation skipped: no environment family {family!r} "
+                                    f"is registered (registered: mamujoco, smax")
+    assert "see vgm2p_fast.envs.register_family" in status.reason and "\n" not in status.reason
+
+
+def test_evaluation_status_of_the_builtin_families(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jaxmarl", None)   # what a missing package looks like
+    status = envs.evaluation_status("smax/3m")
+    assert not status and status.reason == (
+        "evaluation skipped: smax environments need the package jaxmarl (jaxmarl is not "
+        "installed); install it with `pip install -e '.[smax]'`")
+    with pytest.raises(ValueError, match="spec: expected 'mamujoco/<scenario>-<agent_conf>'"):
+        envs.evaluation_status("mamujoco/HalfCheetah")  # a typo is an error, not a skip
+    for bad in ("", 3, None):
+        with pytest.raises(ValueError, match="spec: expected a"):
+            envs.evaluation_status(bad)
+
+
+def test_per_agent_bounds_round_trip(tmp_path, capsys):
+    a = _arrays(discrete=False, seed=10)
+    low = np.array([[-2.0, -1.0], [-0.4, 0.0], [-3.0, -3.0]])      # [N, act_dim]
+    high = np.array([[2.0, 0.5], [0.4, 1.0], [3.0, 1e3]])
+    write_dataset(tmp_path / "d.h5", **{**a, "action_low": low, "action_high": high})
+    ds = load_dataset(tmp_path / "d.h5")
+    assert ds.action_low.shape == ds.action_high.shape == (N, ACT)
+    assert ds.action_low.dtype == torch.float32
+    np.testing.assert_array_equal(ds.action_low.numpy(), low.astype(np.float32))
+    np.testing.assert_array_equal(ds.action_high.numpy(), high.astype(np.float32))
+    assert ds.summary()["action_low"] == low.astype(np.float32).tolist()
+    assert ds.to("cpu").action_high.shape == (N, ACT)
+    assert cli.main(["data", "info", str(tmp_path / "d.h5")]) == 0
+    assert "env bounds [-3, 1000]" in capsys.readouterr().out
+    # Shared bounds stay [act_dim]; one bound given per agent: the other defaults in its shape.
+    write_dataset(tmp_path / "e.h5", **a)
+    assert load_dataset(tmp_path / "e.h5").action_low.shape == (ACT,)
+    write_dataset(tmp_path / "f.h5", **{**a, "action_low": -np.ones((N, ACT)) * 0.5,
+                                        "action_high": None})
+    f = load_dataset(tmp_path / "f.h5")
+    assert f.action_high.tolist() == [[1.0] * ACT] * N and f.action_low.shape == (N, ACT)
+
+
+def test_writer_refuses_bad_per_agent_bounds(tmp_path):
+    a = _arrays(discrete=False)
+    with pytest.raises(DatasetError) as info:
+        write_dataset(tmp_path / "d.h5", **{**a, "action_low": -np.ones((N - 1, ACT)),
+                                            "action_high": np.ones((N - 1, ACT))})
+    assert info.value.key == "attribute action_low"
+    msg = str(info.value)
+    assert f"[n_agents = {N}, act_dim]" in msg and f"(shape ({N - 1}, {ACT})" in msg
+    with pytest.raises(DatasetError, match="attribute action_high: expected values > action_low"):
+        write_dataset(tmp_path / "d.h5", **{**a, "action_low": np.zeros((N, ACT)),
+                                            "action_high": np.zeros((N, ACT))})
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- the container

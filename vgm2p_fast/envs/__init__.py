@@ -1,4 +1,4 @@
-"""Evaluation environments, exactly as the datasets record them (DESIGN section 6).
+"""Evaluation environments, exactly as the datasets record them (docs/design.md section 6).
 
 An environment is named by a spec string, the ``env`` attribute of a dataset:
 ``<family>/<name>``. Families are records in a small registry (``registry.py``); two are
@@ -15,7 +15,8 @@ accept ``"<family>/<name>"``. A dataset may name any environment (``vmas/navigat
 can run and, if not, why. :func:`check_compatible` compares data sizes with an environment.
 
 ``rollout`` (``loop.py``) is the one stepping loop; ``evaluate`` summarises it, and the dataset
-generators (``benchmarks/datasets/``) record it in the HDF5 layout of DESIGN section 3.
+generators (``benchmarks/datasets/``) record it in the HDF5 layout of docs/design.md
+section 3.
 """
 
 from .base import ActFn, BatchedEnv, episode_seed

@@ -2,7 +2,8 @@
 
 Time limits: an episode that ends because of the environment's step limit (MaMuJoCo's
 ``TimeLimit``, SMAX's ``max_steps`` with both teams alive) or of ``max_steps`` below is a
-**truncation**; anything else that ends it is a **terminal** (no bootstrap, DESIGN 1.1).
+**truncation**; anything else that ends it is a **terminal** (no bootstrap; docs/design.md
+section 1.1).
 
 Determinism: episode ``e`` of a run with seed ``s`` always starts from the same environment seed
 (the env's ``reset`` gets ``(s, e)``), whatever ``n_envs`` is, and ``evaluate``/``rollout`` seed
@@ -10,7 +11,8 @@ torch with ``s`` (inside ``torch.random.fork_rng``) so that a stochastic ``act_f
 reproducible too.
 
 ``rollout`` is the one stepping loop; ``evaluate`` summarises it and the dataset generators
-(``benchmarks/datasets/``) record it (``record=True``) in the HDF5 layout of DESIGN section 3.
+(``benchmarks/datasets/``) record it (``record=True``) in the HDF5 layout of docs/design.md
+section 3.
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def check_compatible(spec: str, *, n_agents: int, obs_dim: int, discrete: bool,
         theirs = np.asarray(val, np.float64)
         if theirs.shape not in (shape, shape[1:]) or not np.allclose(
                 np.broadcast_to(theirs, shape), mine, rtol=1e-6, atol=1e-6):
-            raise EnvMismatchError(key, f"{info[key]} (the bounds of env {spec})",
+            raise EnvMismatchError(key, f"{info[key]} (env {spec})",
                                    str(theirs.tolist()))
     return info
 
@@ -213,7 +215,7 @@ def rollout(act_fn: ActFn, spec: str, episodes: int, seed: int = 0, n_envs: int 
 
     Returns ``returns``, ``lengths`` (and ``wins``, discrete families) per episode, in episode
     order; with ``record=True`` also the steps of all episodes, concatenated in episode order,
-    in the layout of DESIGN section 3: ``observations [T, N, obs_dim]``, ``actions``
+    in the layout of docs/design.md section 3: ``observations [T, N, obs_dim]``, ``actions``
     (continuous ``[T, N, action_dim]`` scaled to ``[-1, 1]`` by the env's bounds, per agent
     when they are ``[N, action_dim]``; discrete ``[T, N]`` int64), ``rewards [T]``,
     ``terminals [T]``, ``truncations [T]``, ``states``/``next_states [T, state_dim]``,

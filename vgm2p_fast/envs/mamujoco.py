@@ -1,4 +1,4 @@
-"""The ``mamujoco`` family: ``mamujoco/<scenario>-<agent_conf>`` (DESIGN section 6).
+"""The ``mamujoco`` family: ``mamujoco/<scenario>-<agent_conf>`` (docs/design.md section 6).
 
 ``gymnasium_robotics.mamujoco_v1.parallel_env(scenario, agent_conf)`` with its default
 ``agent_obsk`` (1). Agents in ``env.possible_agents`` order; per-agent observations zero-padded
@@ -93,7 +93,7 @@ class _MaMuJoCo:
     def _write_obs(self, b: int, obs: dict[str, np.ndarray]) -> None:
         for i, (a, d) in enumerate(zip(self.agents, self.obs_dims)):
             self.obs[b, i, :d] = obs[a]
-            self.obs[b, i, d:] = 0.0   # zero padding at the end (DESIGN 6)
+            self.obs[b, i, d:] = 0.0   # zero padding at the end (docs/design.md section 6)
         self.state[b] = self.envs[b].state()
 
     def reset(self, slots: list[int], seeds: list[tuple[int, int]]) -> None:

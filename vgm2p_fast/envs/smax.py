@@ -1,4 +1,4 @@
-"""The ``smax`` family: ``smax/<map>`` (``smax/3m``, ``smax/2s3z``; DESIGN section 6).
+"""The ``smax`` family: ``smax/<map>`` such as ``smax/3m`` (docs/design.md section 6).
 
 ``jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(map))`` with default
 options, on CPU jax; observations = the env's per-agent vectors, state = ``world_state``,
