@@ -16,10 +16,12 @@ import pytest
 import torch
 
 import vgm2p_fast as vf
+from vgm2p_fast.advantage import GAEEstimator
 from vgm2p_fast.cli import main
 from vgm2p_fast.datasets import load_dataset, write_dataset
 from vgm2p_fast.train import TrainConfig, train
-from vgm2p_fast.value import ValueGuidance, tokens_from_advantage
+from vgm2p_fast.train.runs import checkpoints
+from vgm2p_fast.value import tokens_from_advantage
 
 TINY = ["--hidden-dims", "32", "32", "--value-hidden", "32", "--batch-size", "64",
         "--log-every", "5", "--eval-episodes", "0"]
@@ -75,9 +77,10 @@ def _metrics(out: Path) -> list[dict]:
 
 def test_refresh_is_gae_of_the_target_value(tiny):
     ds = load_dataset(tiny)
-    critic = ValueGuidance(ds.state_dim, 0, hidden=(16,))
-    critic.init_stats(ds, None)
-    adv, ret = critic.refresh(ds)
+    critic = GAEEstimator(ds, hidden=(16,), gamma=0.99, lam=0.95, tau=0.7)
+    critic.init_stats(ds)
+    adv = critic.refresh(ds)
+    ret = critic.returns
     with torch.no_grad():
         v = critic.v_target(ds.states).squeeze(-1)
         nv = critic.v_target(ds.next_states).squeeze(-1)
@@ -112,7 +115,7 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     summary = train(cfg, progress=False)
     out = tmp_path / "run"
     for name in ("summary.json", "metrics.jsonl", "learning_curve.png", "policy.pt",
-                 "checkpoint.pt", "config.json"):
+                 "checkpoint-40.pt", "config.json"):
         assert (out / name).is_file(), name
     assert list((out / "tb").iterdir()), "no TensorBoard event file"
     saved = json.loads((out / "summary.json").read_text())
@@ -127,7 +130,7 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     assert any("loss" in r for r in rows) and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
     policy = vf.MeanFlowPolicy.load(out / "policy.pt")
     assert policy.metadata["env"] == load_dataset(data).env
-    assert policy.metadata["mean_velocity"] == (policy_loss == "meanflow")
+    assert policy.metadata["sampler"] == ("meanflow" if policy_loss == "meanflow" else "euler")
     # a BC policy is trained on the null token only and must act with it
     assert policy.n_tokens == {"binary": 2, "quantile": cfg.n_bins, "none": 0}[condition]
     assert (policy.exec_token == policy.null_token) == (condition == "none")
@@ -151,13 +154,13 @@ def test_resume_drops_the_log_lines_written_after_the_checkpoint(tmp_path):
     iteration 40 in the log; the resumed run logs it again, so it must be dropped (the step
     record of 40 was written before the checkpoint and stays). Found by the kill -9 test below
     when the kill landed in that window."""
-    from vgm2p_fast.train import _Logger
+    from vgm2p_fast.train.metrics import MetricsLogger
 
     lines = [{"iteration": 0, "event": "refresh"}, {"iteration": 20, "loss": 1.0},
              {"iteration": 40, "loss": 0.5}, {"iteration": 40, "event": "refresh"},
              {"iteration": 60, "loss": 0.4}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    _Logger(tmp_path, True, resume_from=40).close()
+    MetricsLogger(tmp_path, True, resume_from=40).close()
     assert _metrics(tmp_path) == lines[:3]
 
 
@@ -171,10 +174,9 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tiny, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoint.pt").exists():
-            state = torch.load(out / "checkpoint.pt", weights_only=False)
-            if state["iteration"] >= 120:  # mid-run, and past a refresh and a few checkpoints
-                break
+        found = checkpoints(out)
+        if found and int(found[-1].stem.split("-")[1]) >= 120:
+            break  # mid-run, and past a refresh and a few checkpoints
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed: make it longer"
     os.kill(proc.pid, signal.SIGKILL)

@@ -1,20 +1,16 @@
-"""Value guidance (DESIGN 1.1): a centralised V(s), global GAE advantages, condition tokens.
+"""Critic building blocks and condition tokens (design 1.1); the estimators that use them are
+in ``advantage.py``.
 
-- ``StateValue``: ``V(s) = mean + scale * mlp((s - s_mean) / s_std)``; the affine output keeps
-  the network's targets O(1) whatever the reward scale (HalfCheetah returns reach ~1000 at
-  gamma = 0.99, SMAX ones ~20).
-- Expectile regression (tau = 0.7) towards TD(lambda) returns ``G^lambda`` computed from a target
-  copy of V over the **whole dataset** with ``vgm2p_fast.ops.gae``; the same pass gives the
-  GAE advantages ``A_t`` that become the condition tokens. ``refresh`` redoes it, every
-  ``refresh_every`` gradient steps of the trainer.
-- ``IQLCritic`` (alternative): twin ``Q(s, a_joint)`` heads + ``V(s)``, ``A = min Q - V``.
+- ``Normalised``: ``f(x) = out_mean + out_scale * mlp((x - in_mean) / in_std)``; the affine
+  output keeps the network's targets O(1) whatever the reward scale (HalfCheetah returns reach
+  ~1000 at gamma = 0.99, SMAX ones ~20).
+- ``expectile_loss``, ``discounted_returns`` (Monte-Carlo, for the output scale).
 - Tokens: ``binary`` ``c = 1[A >= 0]`` (CFGRL), ``quantile`` K bins of A (top bin = most
   advantageous), ``none`` (plain behaviour cloning: no tokens).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -42,7 +38,7 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
     return (weight * diff.square()).mean()
 
 
-class _Normalised(nn.Module):
+class Normalised(nn.Module):
     """Input standardisation and output affine map around an MLP (constants, not trained)."""
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int) -> None:
@@ -72,95 +68,8 @@ def discounted_returns(ds: OfflineDataset, gamma: float) -> torch.Tensor:
     return gae(ds.rewards, zeros, zeros, ds.dones, ds.terminals, gamma, 1.0)[1]
 
 
-class ValueGuidance(nn.Module):
-    """Centralised critic(s) and the whole-dataset advantage refresh.
-
-    Args:
-        state_dim: size of the global state (dataset ``states``).
-        joint_action_dim: N * act_dim (continuous) or N * K (discrete one-hot); IQL only.
-        kind: ``gae`` (V by expectile regression on TD(lambda) returns, GAE advantages) or
-            ``iql`` (twin Q(s, a) + V(s), A = min Q - V).
-        hidden: critic MLP sizes; gamma, lam: discount and GAE lambda; tau: expectile.
-    """
-
-    def __init__(self, state_dim: int, joint_action_dim: int, *, kind: str = "gae",
-                 hidden: Sequence[int] = (256, 256), gamma: float = 0.99, lam: float = 0.95,
-                 tau: float = 0.7, target_decay: float = 0.995) -> None:
-        super().__init__()
-        if kind not in ("gae", "iql"):
-            raise ValueError(f"kind: expected 'gae' or 'iql', found {kind!r}")
-        self.kind, self.gamma, self.lam, self.tau = kind, gamma, lam, tau
-        self.target_decay = target_decay
-        self.v = _Normalised(state_dim, hidden, 1)
-        self.q = _Normalised(state_dim + joint_action_dim, hidden, 2) if kind == "iql" else None
-        self.v_target = copy.deepcopy(self.v).requires_grad_(False)
-        self.q_target = (copy.deepcopy(self.q).requires_grad_(False) if self.q is not None
-                         else None)
-
-    def init_stats(self, ds: OfflineDataset, joint_actions: torch.Tensor | None) -> None:
-        """Input standardisation from the dataset, output scale from Monte-Carlo returns."""
-        mc = discounted_returns(ds, self.gamma)
-        self.v.set_stats(ds.states, mc)
-        if self.q is not None:
-            self.q.set_stats(torch.cat([ds.states, joint_actions], -1), mc)
-        self._sync_targets(1.0)
-
-    @torch.no_grad()
-    def _sync_targets(self, rate: float) -> None:
-        pairs = [(self.v_target, self.v)] + ([(self.q_target, self.q)] if self.q else [])
-        for tgt, src in pairs:
-            for pt, ps in zip(tgt.parameters(), src.parameters()):
-                pt.lerp_(ps, rate)
-            for bt, bs in zip(tgt.buffers(), src.buffers()):
-                bt.copy_(bs)
-
-    @torch.no_grad()
-    def refresh(self, ds: OfflineDataset, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-dataset pass with the target V: ``(advantage [T], lambda_return [T])``.
-
-        The advantage is GAE(lambda) and the return is the V regression target (``gae``
-        kind; the ``iql`` kind uses :meth:`iql_advantage` instead).
-        """
-        value = _batched(self.v_target, ds.states, chunk).squeeze(-1)
-        next_value = _batched(self.v_target, ds.next_states, chunk).squeeze(-1)
-        adv, ret = gae(ds.rewards, value, next_value, ds.dones, ds.terminals, self.gamma,
-                       self.lam)
-        return adv, ret
-
-    @torch.no_grad()
-    def iql_advantage(self, ds: OfflineDataset, joint_actions: torch.Tensor,
-                      chunk: int = 65536) -> torch.Tensor:
-        """``min(Q1, Q2)(s, a) - V(s)`` per row with the target Q (IQL)."""
-        q = _batched(self.q_target, torch.cat([ds.states, joint_actions], -1), chunk)
-        return q.min(-1).values - _batched(self.v, ds.states, chunk).squeeze(-1)
-
-    def loss(self, batch: dict[str, torch.Tensor], returns: torch.Tensor | None,
-             joint_actions: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Critic loss on one batch.
-
-        ``gae``: expectile(G^lambda - V(s)). ``iql``: expectile(min Q_target(s, a) - V(s)) plus
-        ``(r + gamma (1 - terminal) V(s') - Q_k(s, a))^2`` for both heads.
-        """
-        v = self.v(batch["states"]).squeeze(-1)
-        scale = self.v.out_scale  # losses in units of the return std: O(1) for any reward scale
-        if self.kind == "gae":
-            loss = expectile_loss((returns - v) / scale, self.tau)
-            return loss, {"value_loss": loss.detach()}
-        sa = torch.cat([batch["states"], joint_actions], -1)
-        with torch.no_grad():
-            q_t = self.q_target(sa).min(-1).values
-            target = batch["rewards"] + self.gamma * (~batch["terminals"]).float() * \
-                self.v(batch["next_states"]).squeeze(-1)
-        v_loss = expectile_loss((q_t - v) / scale, self.tau)
-        q_loss = ((self.q(sa) - target.unsqueeze(-1)) / scale).square().mean()
-        return v_loss + q_loss, {"value_loss": v_loss.detach(), "q_loss": q_loss.detach()}
-
-    def update_targets(self, full: bool = False) -> None:
-        """Polyak-average the targets (IQL, every step) or copy them (GAE, at each refresh)."""
-        self._sync_targets(1.0 if full else 1.0 - self.target_decay)
-
-
-def _batched(net: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+def batched(net: nn.Module, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """``net`` on ``x`` in chunks of rows (whole-dataset passes without a 1M-row activation)."""
     return torch.cat([net(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 

@@ -9,7 +9,6 @@ evaluation per agent.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write, optional_import
 from . import fastpath, losses, sampling
 from .config import LossConfig, PolicyConfig, loss_config, split_config
 from .network import VelocityNetwork
@@ -26,11 +26,42 @@ SAVE_FORMAT = "vgm2p_fast.MeanFlowPolicy/1"
 
 def _safetensors():
     """safetensors.torch, or ImportError with the install command (a .safetensors path)."""
+    return optional_import("safetensors.torch", "a .safetensors policy file",
+                           "pip install safetensors (or use a .pt path)")
+
+
+def read_policy_file(path: str | os.PathLike, map_location: str | torch.device | None = None
+                     ) -> dict:
+    """``{"format", "config", "state_dict", "metadata"}`` of a policy file (torch.save or
+    safetensors, told apart by the first bytes); one-line ValueError naming the path for a
+    missing, truncated or foreign file."""
     try:
-        return importlib.import_module("safetensors.torch")
-    except ImportError as exc:
-        raise ImportError(f"a .safetensors policy file needs safetensors ({exc}); "
-                          "`pip install safetensors`, or use a .pt path") from exc
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+        else:
+            st = _safetensors()
+            with st.safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            state = st.load_file(str(path), device=str(map_location or "cpu"))
+            blob = {"format": header.get("format"), "state_dict": state,
+                    "config": json.loads(header.get("config", "{}")),
+                    "metadata": json.loads(header.get("metadata", "{}"))}
+    except FileNotFoundError:
+        raise
+    except ImportError:
+        raise
+    except Exception as exc:  # zip reader, unpickler and SafetensorError raise their own types
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save or "
+                         f"MLPPolicy.save, found an unreadable, truncated or foreign file "
+                         f"({type(exc).__name__}: {first})") from exc
+    if not isinstance(blob, dict) or not {"format", "config", "state_dict"} <= set(blob):
+        raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save, found "
+                         f"something else")
+    blob.setdefault("metadata", {})
+    return blob
 
 
 class MeanFlowPolicy(VelocityNetwork):
@@ -96,16 +127,16 @@ class MeanFlowPolicy(VelocityNetwork):
         config and metadata as JSON in its header; needs ``pip install safetensors``); any
         other path with ``torch.save`` (loaded back with ``weights_only=True``)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         if path.suffix == ".safetensors":
-            _safetensors().save_file(
-                {k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp),
-                metadata={"format": SAVE_FORMAT, "config": json.dumps(self.config),
-                          "metadata": json.dumps(metadata or {})})
+            st = _safetensors()
+            tensors = {k: v.contiguous() for k, v in self.state_dict().items()}
+            header = {"format": SAVE_FORMAT, "config": json.dumps(self.config),
+                      "metadata": json.dumps(metadata or {})}
+            atomic_write(path, lambda f: f.write(st.save(tensors, metadata=header)))
         else:
-            torch.save({"format": SAVE_FORMAT, "config": self.config,
-                        "state_dict": self.state_dict(), "metadata": metadata or {}}, tmp)
-        os.replace(tmp, path)
+            blob = {"format": SAVE_FORMAT, "config": self.config,
+                    "state_dict": self.state_dict(), "metadata": metadata or {}}
+            atomic_write(path, lambda f: torch.save(blob, f))
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None
@@ -113,30 +144,15 @@ class MeanFlowPolicy(VelocityNetwork):
         """Rebuild a policy written by :meth:`save` (either format, told apart by the file's
         first bytes: torch.save writes a zip archive); ``policy.metadata`` holds its metadata.
         A file that is truncated or not a policy is a ValueError naming the path."""
-        try:
-            with open(path, "rb") as f:
-                is_zip = f.read(4) == b"PK\x03\x04"
-            if is_zip:
-                blob = torch.load(path, map_location=map_location, weights_only=True)
-            else:
-                st = _safetensors()
-                with st.safe_open(str(path), framework="pt") as f:
-                    header = f.metadata() or {}
-                state = st.load_file(str(path), device=str(map_location or "cpu"))
-                blob = {"format": header.get("format"), "state_dict": state,
-                        "config": json.loads(header.get("config", "{}")),
-                        "metadata": json.loads(header.get("metadata", "{}"))}
-        except (OSError, RuntimeError, ValueError, EOFError, KeyError) as exc:
-            # torch's zip reader and safetensors raise their own errors on a damaged file
-            raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save, found "
-                             f"an unreadable or truncated file ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
-        except Exception as exc:  # safetensors' SafetensorError derives from Exception only
-            raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save, found "
-                             f"neither a torch.save archive nor safetensors ({exc})") from exc
-        if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
+        blob = read_policy_file(path, map_location)
+        if blob.get("format") != SAVE_FORMAT:
             raise ValueError(f"{path}: expected a file written by MeanFlowPolicy.save "
-                             f"(format {SAVE_FORMAT!r}), found something else")
+                             f"(format {SAVE_FORMAT!r}), found {blob.get('format')!r}")
+        return cls.from_blob(blob)
+
+    @classmethod
+    def from_blob(cls, blob: dict) -> MeanFlowPolicy:
+        """Rebuild from the dict :func:`read_policy_file` returns."""
         state = blob["state_dict"]
         arch, loss, jvp = split_config(blob["config"])
         low, high = state.get("action_low"), state.get("action_high")
@@ -173,11 +189,13 @@ class MeanFlowPolicy(VelocityNetwork):
 
     def flow_matching_loss(self, obs: torch.Tensor, actions: torch.Tensor,
                            cond: torch.Tensor | None = None, *,
-                           generator: torch.Generator | None = None
+                           generator: torch.Generator | None = None,
+                           weights: torch.Tensor | None = None
                            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Plain flow-matching BC on the same network (``losses.flow_matching_loss``)."""
+        """Plain flow-matching BC on the same network, rows optionally weighted by
+        ``weights`` [B] (``losses.flow_matching_loss``)."""
         return losses.flow_matching_loss(self, self.loss_config, obs, actions, cond,
-                                         generator=generator)
+                                         generator=generator, weights=weights)
 
     # ------------------------------------------------------------------ execution
     def _exec_velocity(self, z, obs, cond, guided, t_val, r_val, layer):

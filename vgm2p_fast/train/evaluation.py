@@ -1,0 +1,100 @@
+"""Evaluation of a policy in its environment: the one-off ``evaluate_policy`` and the periodic
+``Evaluator`` of a training run (fixed episode seeds, so every evaluation of a run sees the same
+episodes and two checkpoints are compared on equal terms)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import Any
+
+import torch
+
+from .. import envs
+from ..datasets import OfflineDataset
+from ..policy import MeanFlowPolicy, MLPPolicy
+
+
+def normalised_score(ret: float, refs: tuple[float, float] | None) -> float | None:
+    """``100 (R - random) / (expert - random)``, or None without references."""
+    if refs is None:
+        return None
+    random, expert = refs
+    return 100.0 * (ret - random) / (expert - random)
+
+
+def references(ds: OfflineDataset) -> tuple[float, float] | None:
+    """(random, expert) reference returns from the file attributes ``ref_random_return`` and
+    ``ref_behaviour_return`` (written by the benchmark generators), or None."""
+    a = ds.attrs
+    if "ref_random_return" in a and "ref_behaviour_return" in a:
+        lo, hi = float(a["ref_random_return"]), float(a["ref_behaviour_return"])
+        if math.isfinite(lo) and math.isfinite(hi) and hi != lo:
+            return lo, hi
+    return None
+
+
+def evaluate_policy(policy: MeanFlowPolicy | MLPPolicy, env: str, episodes: int, seed: int,
+                    test_guidance: float = 1.0, n_steps: int = 1, sampler: str = "meanflow",
+                    noise: str = "sample") -> dict[str, Any]:
+    """Roll ``policy`` out in ``env`` (``vgm2p_fast.envs``), decentralised, under the
+    advantageous token: ``n_steps`` network evaluations per agent and step (1 for MeanFlow).
+
+    ``noise``: ``sample`` draws the initial noise e ~ N(0, I) (seeded by ``seed``), ``zero``
+    uses e = 0 (the flow's deterministic action). An MLPPolicy is deterministic and ignores
+    the sampling options. Output that jaxmarl or gymnasium print goes to stderr, so a caller
+    can write JSON alone on stdout.
+    """
+    policy = policy.eval()
+    dev, dtype = policy.obs_mean.device, policy.obs_mean.dtype
+
+    def act(obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
+        obs = torch.as_tensor(obs, dtype=dtype, device=dev)
+        if avail is not None:
+            avail = torch.as_tensor(avail, dtype=torch.bool, device=dev)
+        if isinstance(policy, MLPPolicy):
+            return policy.act(obs, avail).cpu()
+        e = (torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=dtype,
+                         device=dev) if noise == "zero" else None)
+        return policy.act(obs, avail, test_guidance=test_guidance, n_steps=n_steps,
+                          sampler=sampler, noise=e).cpu()
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return envs.evaluate(act, env, episodes, seed=seed)
+
+
+class Evaluator:
+    """The periodic evaluations of a run: whether they can run (and why not), the references
+    for normalised scores, and one ``record`` per evaluation for metrics.jsonl."""
+
+    def __init__(self, ds: OfflineDataset, env: str, episodes: int, seed: int, *,
+                 test_guidance: float, n_steps: int, sampler: str, noise: str) -> None:
+        self.env, self.episodes, self.seed = env, episodes, seed
+        self.kw = {"test_guidance": test_guidance, "n_steps": n_steps, "sampler": sampler,
+                   "noise": noise}
+        self.refs = references(ds)
+        self.dataset_mean = float(ds.episode_returns().mean())
+        if episodes == 0:
+            self.enabled, self.reason = False, "evaluation skipped: --eval-episodes 0"
+        else:
+            status = envs.evaluation_status(env)
+            self.enabled, self.reason = bool(status.available), status.reason
+
+    def __call__(self, policy: MeanFlowPolicy | MLPPolicy, iteration: int,
+                 policy_step: int) -> dict[str, Any]:
+        res = evaluate_policy(policy, self.env, self.episodes, self.seed, **self.kw)
+        mean = res["return_mean"]
+        if not math.isfinite(mean):
+            raise ValueError(f"evaluation at policy step {policy_step}: non-finite return "
+                             f"{res['returns']}")
+        rec = {"iteration": iteration, "event": "eval", "policy_step": policy_step,
+               "eval_return_mean": mean, "eval_return_std": res["return_std"],
+               "eval_returns": res["returns"], "dataset_return_mean": self.dataset_mean}
+        if "win_rate" in res:
+            rec["eval_win_rate"] = res["win_rate"]
+        score = normalised_score(mean, self.refs)
+        if score is not None:
+            rec["eval_normalised"] = score
+            rec["dataset_normalised"] = normalised_score(self.dataset_mean, self.refs)
+        return rec
