@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgm2p_fast import cli, datasets, envs
+from vgm2p_fast import _format, cli, datasets, envs
 from vgm2p_fast.datasets import DatasetError, load_dataset, write_dataset
 
 T, N, OBS, ACT, K, STATE = 40, 3, 5, 2, 4, 7
@@ -104,7 +104,7 @@ def _set_at(name, index, value):
 
 # (id, kind, edit, key named in the message, a phrase of the message)
 BROKEN = [
-    *[(f"missing-{k}", "continuous", _del(k), k, "no such dataset") for k in datasets._REQUIRED],
+    *[(f"missing-{k}", "continuous", _del(k), k, "no such dataset") for k in _format._REQUIRED],
     *[(f"missing-attr-{a}", "continuous", _del_attr(a), f"attribute {a}", "found none")
       for a in ("format_version", "env", "n_agents", "action_space", "action_low", "action_high")],
     ("missing-attr-n_actions", "discrete", _del_attr("n_actions"), "attribute n_actions",
