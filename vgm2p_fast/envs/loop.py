@@ -43,7 +43,7 @@ def _check_env(env: BatchedEnv, family: EnvFamily, spec: str) -> None:
         val = getattr(env, key)
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{where} {key} = {val!r}; expected an int >= 1 {see}")
-    if env.discrete is not (family.action_space == "discrete"):
+    if bool(env.discrete) != (family.action_space == "discrete"):
         raise ValueError(f"{where} discrete = {env.discrete!r}; the family is registered as "
                          f"{family.action_space} {see}")
     if env.discrete:
