@@ -144,13 +144,28 @@ def train(env_id: str, steps: int, seed: int, snapshot_every: int, start_steps: 
     return snaps
 
 
+def compact(snaps: list[tuple[int, MLPPolicy, float]], share: float = 0.6
+            ) -> list[tuple[int, MLPPolicy, float]]:
+    """The snapshots a generator needs: those before the first whose logged return passes
+    ``share`` of the final one's (medium and medium-replay come from them; ``mamujoco.py``
+    picks the one nearest 1/3 of the expert) and the final actor. Each costs 280 KB (float32),
+    so keeping all 60 would put 17 MB in git."""
+    final = snaps[-1]
+    kept = []
+    for snap in snaps[:-1]:
+        if snap[2] > share * final[2]:
+            break
+        kept.append(snap)
+    return [*kept, final]
+
+
 def save_snapshots(path: str | Path, snaps: list[tuple[int, MLPPolicy, float]], **meta) -> None:
     """One .npz: ``steps`` (K,), ``eval_returns`` (K,), ``w<i>``/``b<i>`` stacked over K."""
     arrays = {"steps": np.array([s for s, _, _ in snaps]),
               "eval_returns": np.array([r for _, _, r in snaps])}
     for i in range(len(snaps[0][1].weights)):
-        arrays[f"w{i}"] = np.stack([p.weights[i] for _, p, _ in snaps])
-        arrays[f"b{i}"] = np.stack([p.biases[i] for _, p, _ in snaps])
+        arrays[f"w{i}"] = np.stack([p.weights[i] for _, p, _ in snaps]).astype(np.float32)
+        arrays[f"b{i}"] = np.stack([p.biases[i] for _, p, _ in snaps]).astype(np.float32)
     np.savez(path, **arrays, **{k: np.asarray(v) for k, v in meta.items()})
 
 
@@ -170,12 +185,15 @@ def main() -> None:
                    help="steps between saved (and evaluated) actor snapshots")
     p.add_argument("--seed", type=int, default=0, help="torch / numpy / env seed")
     p.add_argument("--out", required=True, help=".npz of the snapshots (see save_snapshots)")
+    p.add_argument("--all-snapshots", action="store_true",
+                   help="keep every snapshot (default: compact(), what the generators need)")
     a = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     snaps = train(a.env, a.steps, a.seed, a.snapshot_every)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    save_snapshots(a.out, snaps, env=a.env, seed=a.seed, wall_s=time.perf_counter() - t0)
+    save_snapshots(a.out, snaps if a.all_snapshots else compact(snaps), env=a.env, seed=a.seed,
+                   wall_s=time.perf_counter() - t0)
     print(f"saved {a.out} ({len(snaps)} snapshots, {time.perf_counter() - t0:.0f} s)")
 
 
