@@ -162,179 +162,32 @@ def test_triton_low_precision_within_reference_error(dtype, close_to_oracle):
 
 
 def test_triton_op_registration_passes_opcheck(opcheck_utils):
-    import vgm2p_fast.kernels.cfg_sample  # noqa: F401  (registers the ops)
     from torch.library import opcheck
+
+    import vgm2p_fast.kernels.cfg_sample  # noqa: F401  (registers the op)
 
     z, u_c, u_n, low, high = (a.to(DEVICE) for a in _inputs((5, 3), torch.float32))
     opcheck(torch.ops.vgm2p_fast.triton_cfg_sample,
             (z, u_c, u_n, 2.0, 1.0, low, high, None, False),
             test_utils=opcheck_utils)
-    from vgm2p_fast.kernels.cfg_sample import pack_mlp
-
-    pack = pack_mlp([torch.randn(16, 4, device=DEVICE), torch.randn(3, 16, device=DEVICE)],
-                    [torch.randn(16, device=DEVICE), torch.randn(3, device=DEVICE)])
-    x = torch.randn(10, 4, device=DEVICE)  # [5 cond rows; 5 null rows]
-    opcheck(torch.ops.vgm2p_fast.triton_mlp_cfg_sample,
-            (x, pack.weight, pack.bias, pack.dims, z, "silu", True, 2.0, 1.0, low, high, None,
-             False), test_utils=opcheck_utils)
 
 
-def _policy_act_and_first_layer_input(policy, obs, avail, guidance, z):
-    """Actions of ``policy.act`` (torch backend) and the input its MLP's first layer received:
-    the inputs mlp_cfg_sample takes are built by MeanFlowPolicy._run itself. ``act``'s folded
-    execution path (first layer pre-summed, equal to ``_run``: tests/test_peers.py) is switched
-    off here, so that the first layer sees the full ``_run`` input."""
-    from vgm2p_fast import _backend
+def test_triton_has_no_derivative_and_says_so():
+    """A forward-mode tangent (torch.func.jvp) or a gradient reaching the triton sampling step
+    raises instead of giving zeros; the torch backend differentiates (its tangent is
+    0.5 (high - low) (t_z - t_u) where |x| < 1)."""
+    from vgm2p_fast import BackendUnavailableError
 
-    policy._exec_velocity = lambda *args, **kwargs: None  # instance attribute: general path
+    z, u_c, _, low, high = (a.to(DEVICE) for a in _inputs((6, 3), torch.float32, seed=7))
+    t_z = torch.ones_like(z)
 
-    captured, real = [], _backend.implementation
+    def sample(backend):
+        return lambda z: cfg_sample(z * 0.1, u_c * 0.1, low=low, high=high, backend=backend)
 
-    def spy(op, *args, **kwargs):
-        fn = real(op, *args, **kwargs)
-        if op != "linear_jvp":
-            return fn
-
-        def layer(x, w, b, dx, activation):
-            if w is policy.weights[0]:
-                captured.append(x)
-            return fn(x, w, b, dx, activation)
-
-        return layer
-
-    _backend.implementation = spy
-    try:
-        actions = policy.act(obs, avail, guidance=guidance, noise=z)
-    finally:
-        _backend.implementation = real
-        del policy._exec_velocity
-    return actions, captured[-1]
-
-
-@pytest.mark.parametrize("share", [True, False])
-@pytest.mark.parametrize("discrete", [False, True])
-@pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_mlp_cfg_sample_matches_policy_act(share, discrete, guidance):
-    """One launch for the whole MLP + sampling step == MeanFlowPolicy.act on torch."""
-    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
-
-    import vgm2p_fast as vf
-
-    torch.manual_seed(0)
-    batch, n, d = 3, 2, 5
-    policy = vf.MeanFlowPolicy(7, d, n, discrete=discrete, hidden_dims=(24, 70, 17),
-                               share_parameters=share, backend="torch").to(DEVICE)
-    gen = torch.Generator().manual_seed(1)
-    obs = torch.randn(batch, n, 7, generator=gen).to(DEVICE)
-    z = torch.randn(batch, n, d, generator=gen).to(DEVICE)
-    avail = None
-    if discrete:
-        avail = (torch.rand(batch, n, d, generator=gen) < 0.5).to(DEVICE)
-        avail[..., 2] = True
-    want, x_in = _policy_act_and_first_layer_input(policy, obs, avail, guidance, z)
-    pack = pack_mlp(list(policy.weights), list(policy.biases))
-    assert mlp_fits(batch * n, pack)
-    bounds = {} if discrete else {"low": policy.action_low, "high": policy.action_high}
-    got = mlp_cfg_sample(x_in, pack, policy._layout(z), policy.activation,
-                         guided=guidance != 1.0, guidance=guidance, discrete=discrete,
-                         avail=None if avail is None else policy._layout(avail), **bounds)
-    got = got.reshape(batch, n, -1) if share else got.transpose(0, 1)  # the layout back
-    got = got.reshape(want.shape)
-    if discrete:
-        assert torch.equal(got, want)
-    else:
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("share", [True, False])
-@pytest.mark.parametrize("discrete", [False, True])
-@pytest.mark.parametrize("n_tokens", [2, 0])
-def test_policy_act_triton_matches_torch(share, discrete, n_tokens):
-    """MeanFlowPolicy.act with backend="triton" (layers + cfg_sample) vs "torch", guided; also
-    for an unconditional policy (n_tokens = 0: a one-row token table)."""
-    import vgm2p_fast as vf
-
-    outs = []
-    for backend in ("triton", "torch"):
-        torch.manual_seed(0)
-        policy = vf.MeanFlowPolicy(4, 3, 2, discrete=discrete, hidden_dims=(20, 9),
-                                   share_parameters=share, n_tokens=n_tokens,
-                                   backend=backend).to(DEVICE)
-        gen = torch.Generator().manual_seed(1)
-        obs = torch.randn(5, 2, 4, generator=gen).to(DEVICE)
-        avail = None
-        if discrete:
-            avail = (torch.rand(5, 2, 3, generator=gen) < 0.5).to(DEVICE)
-            avail[..., 0] = True
-        outs.append(policy.act(obs, avail, guidance=2.0,
-                               generator=torch.Generator(DEVICE).manual_seed(2)))
-    if discrete:
-        assert torch.equal(outs[0], outs[1])
-    else:
-        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
-
-
-def test_mlp_fits_and_refuses_wide_actions():
-    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
-
-    def pack(d, dtype=torch.float32):
-        ws = [torch.randn(16, 8, device=DEVICE), torch.randn(d, 16, device=DEVICE)]
-        bs = [torch.zeros(16, device=DEVICE), torch.zeros(d, device=DEVICE)]
-        return pack_mlp([w.to(dtype) for w in ws], [b.to(dtype) for b in bs])
-
-    assert pack(5).sizes == (8, 16, 5)
-    assert mlp_fits(64, pack(64)) and not mlp_fits(65, pack(5)) and not mlp_fits(4, pack(65))
-    assert mlp_fits(4, pack(5, torch.bfloat16)) and not mlp_fits(4, pack(5, torch.float64))
-    z = torch.zeros(4, 65, device=DEVICE)
-    with pytest.raises(ValueError, match=r"z: expected at most 64 action dims .* found 65"):
-        mlp_cfg_sample(torch.zeros(4, 8, device=DEVICE), pack(65), z, "silu")
-
-
-def test_mlp_cfg_sample_bf16_within_reference_error(close_to_oracle):
-    """bf16 weights and inputs: within twice the bf16 torch policy's own error against the
-    same policy in float64."""
-    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, pack_mlp
-
-    import vgm2p_fast as vf
-
-    torch.manual_seed(0)
-    policy = vf.MeanFlowPolicy(7, 5, 2, hidden_dims=(40, 24), backend="torch").to(DEVICE)
-    gen = torch.Generator().manual_seed(1)
-    obs = torch.randn(3, 2, 7, generator=gen).to(DEVICE)
-    z = torch.randn(3, 2, 5, generator=gen).to(DEVICE)
-    outs = {}
-    for dtype in (torch.float64, torch.bfloat16):
-        p = policy.to(dtype)
-        outs[dtype] = _policy_act_and_first_layer_input(p, obs.to(dtype), None, 2.0, z.to(dtype))
-        if dtype == torch.bfloat16:
-            got = mlp_cfg_sample(outs[dtype][1], pack_mlp(list(p.weights), list(p.biases)),
-                                 p._layout(z.to(dtype)), p.activation, guided=True,
-                                 guidance=2.0, low=p.action_low.to(dtype),
-                                 high=p.action_high.to(dtype))
-    assert got.dtype == torch.bfloat16
-    close_to_oracle(got.reshape(3, 2, 5), outs[torch.bfloat16][0], outs[torch.float64][0],
-                    "actions")
-
-
-def test_policy_act_takes_the_one_launch_path_when_it_fits(monkeypatch):
-    """On the triton backend one-step act runs mlp_cfg_sample (one launch) for small batches
-    and the layer-by-layer kernels beyond mlp_fits; both equal the torch backend."""
-    import vgm2p_fast.kernels.cfg_sample as kernel
-
-    import vgm2p_fast as vf
-
-    calls = []
-    real = kernel.mlp_cfg_sample
-    monkeypatch.setattr(kernel, "mlp_cfg_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
-    for batch in (2, kernel.MLP_MAX_ROWS + 1):
-        outs = []
-        for backend in ("triton", "torch"):
-            torch.manual_seed(0)
-            policy = vf.MeanFlowPolicy(4, 3, 1, hidden_dims=(8,), backend=backend).to(DEVICE)
-            gen = torch.Generator().manual_seed(1)
-            obs = torch.randn(batch, 1, 4, generator=gen).to(DEVICE)
-            noise = torch.randn(batch, 1, 3, generator=gen).to(DEVICE)
-            outs.append(policy.act(obs, guidance=2.0, noise=noise))
-        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
-        # the small batch adds the one-launch call, the large one (65 rows) does not
-        assert len(calls) == 1, (batch, len(calls))
+    _, tangent = torch.func.jvp(sample("torch"), (z,), (t_z,))
+    torch.testing.assert_close(tangent, (0.05 * (high - low)).expand_as(z))  # |x| < 1 here
+    with pytest.raises(BackendUnavailableError, match="cfg_sample: the triton backend has no "
+                       "forward-mode derivative"):
+        torch.func.jvp(sample("triton"), (z,), (t_z,))
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        sample("triton")(z.clone().requires_grad_()).sum().backward()

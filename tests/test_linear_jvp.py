@@ -219,8 +219,9 @@ def test_triton_dw_split_over_row_chunks():
 
 
 def test_triton_op_registration_passes_opcheck(opcheck_utils):
-    import vgm2p_fast.kernels.linear_jvp  # noqa: F401  (registers the ops)
     from torch.library import opcheck
+
+    import vgm2p_fast.kernels.linear_jvp  # noqa: F401  (registers the ops)
 
     x, w, b, dx = (t.to(DEVICE) for t in _inputs((None, 5, 7, 6, 3), torch.float32))
     x.requires_grad_()
@@ -298,11 +299,10 @@ def test_auto_picks_the_triton_kernels_on_cuda_only(op):
 def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
     """TRITON_INTERPRET=1 set after triton was imported is not seen by triton: the kernels say
     so instead of failing inside triton."""
+    from vgm2p_fast import BackendUnavailableError
     from vgm2p_fast.kernels import _common
     from vgm2p_fast.kernels.cfg_sample import cfg_sample
     from vgm2p_fast.kernels.meanflow_target_loss import meanflow_target_loss
-
-    from vgm2p_fast import BackendUnavailableError
 
     monkeypatch.setattr(_common, "INTERPRET", False)
     x = torch.zeros(2, 3)
@@ -312,3 +312,72 @@ def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
     for call in calls:
         with pytest.raises(BackendUnavailableError, match="set TRITON_INTERPRET=1 before"):
             call()
+
+
+# ---------------------------------------------------------------- forward-mode AD (issue 17)
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("which", ["all", "bias only", "weight only"])
+def test_triton_forward_mode_matches_func_jvp_of_the_torch_layer(shape, activation, which):
+    """torch.func.jvp through the triton layer == torch.func.jvp of the hand-written float64
+    layer, for tangents on (x, W, b) (before the fix: zeros, no error). ``dh`` is a
+    stop-gradient on both backends: no tangent."""
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs(shape, torch.float64))
+    gen = torch.Generator().manual_seed(9)
+    tans = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+            for t in (x, w, b)]
+    if which != "all":
+        keep = 2 if which == "bias only" else 1
+        tans = [t if i == keep else torch.zeros_like(t) for i, t in enumerate(tans)]
+    _, want = torch.func.jvp(lambda x, w, b: _layer(x, w, b, activation), (x, w, b), tuple(tans))
+    assert want.abs().max() > 0
+    for backend in ("triton", "torch"):
+        (h, _), (t_h, t_dh) = torch.func.jvp(
+            lambda x, w, b, be=backend: linear_jvp(x, w, b, dx, activation, backend=be),
+            (x, w, b), tuple(tans))
+        torch.testing.assert_close(t_h, want, rtol=1e-10, atol=1e-10, msg=backend)
+        assert not t_dh.any(), backend
+        torch.testing.assert_close(h, _layer(x, w, b, activation))
+
+
+def test_triton_forward_ad_dual_level_and_reverse_mode_unchanged():
+    """The torch.autograd.forward_ad API gives the same tangent; outside forward AD the plain
+    op runs (reverse-mode gradients as before)."""
+    import torch.autograd.forward_ad as fwad
+
+    x, w, b, dx = (t.to(DEVICE) for t in _inputs((None, 7, 13, 9, 4), torch.float64))
+    t_x = torch.ones_like(x)
+    with fwad.dual_level():
+        h = linear_jvp(fwad.make_dual(x, t_x), w, b, backend="triton")[0]
+        got = fwad.unpack_dual(h).tangent
+    _, want = torch.func.jvp(lambda x: _layer(x, w, b, "silu"), (x,), (t_x,))
+    torch.testing.assert_close(got, want)
+    g = torch.randn(7, 9, dtype=torch.float64).to(DEVICE)
+    grads = [_run_with_grads(x, w, b, dx, "silu", be, g)[2] for be in ("triton", "torch")]
+    for got_g, want_g in zip(*grads):
+        torch.testing.assert_close(got_g, want_g)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_policy_average_velocity_jvp_on_triton_layers(share):
+    """The case of issue 17: torch.func.jvp of MeanFlowPolicy.average_velocity with the layers
+    on triton equals the torch layers' (it used to return zeros)."""
+    import vgm2p_fast as vf
+
+    outs = []
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        policy = vf.MeanFlowPolicy(5, 3, 2, hidden_dims=(16, 12), share_parameters=share,
+                                   backend=backend).to(DEVICE).double()
+        gen = torch.Generator().manual_seed(1)
+        z, obs = (torch.randn(4, 2, n, generator=gen, dtype=torch.float64).to(DEVICE)
+                  for n in (3, 5))
+        r = torch.zeros(4, 2, dtype=torch.float64, device=DEVICE)
+        t = torch.full_like(r, 0.7)
+        cond = torch.ones(4, dtype=torch.long, device=DEVICE)
+        def u(z, t, p=policy, r=r, obs=obs, cond=cond):
+            return p.average_velocity(z, r, t, obs, cond)
+
+        outs.append(torch.func.jvp(u, (z, t), (torch.ones_like(z), torch.ones_like(t)))[1])
+    assert outs[1].abs().max() > 0
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-10)

@@ -124,8 +124,9 @@ def test_triton_mixed_time_dtype_and_no_grad():
 
 
 def test_triton_op_registration_passes_opcheck(opcheck_utils):
-    import vgm2p_fast.kernels.meanflow_target_loss  # noqa: F401  (registers the op)
     from torch.library import opcheck
+
+    import vgm2p_fast.kernels.meanflow_target_loss  # noqa: F401  (registers the op)
 
     u, dudt, v_g, t, r = (a.to(DEVICE) for a in _inputs((4, 3), 5, torch.float32))
     u.requires_grad_()
@@ -160,3 +161,24 @@ def test_policy_meanflow_loss_triton_matches_torch(share):
         assert grads[1][name] is not None, name
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4,
                                    msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize(("lead", "d"), [((7,), 3), ((2, 5), 6)])
+@pytest.mark.parametrize(("p", "eps"), [(1.0, 0.01), (0.5, 0.1)])
+def test_forward_mode_only_u_reaches_the_loss(lead, d, p, eps):
+    """torch.func.jvp of the loss: ``sum_d dloss/du t_u`` on both backends (the triton op had no
+    forward rule and gave zeros); the target and the weight are stop-gradients, so tangents
+    on dudt, v_g, t and r do not move it, and L has no tangent."""
+    args = [a.to(DEVICE) for a in _inputs(lead, d, torch.float64, seed=4)]
+    gen = torch.Generator().manual_seed(5)
+    tans = [torch.randn(a.shape, generator=gen, dtype=torch.float64).to(DEVICE) for a in args]
+    ones = torch.ones(lead, dtype=torch.float64, device=DEVICE)
+    _, _, grad = _oracle(*args, p, eps, ones)
+    want = (grad * tans[0]).sum(-1)
+    assert want.abs().max() > 0
+    for backend in ("triton", "torch"):
+        _, (t_loss, t_raw) = torch.func.jvp(
+            lambda *a, be=backend: meanflow_target_loss(*a, p, eps, backend=be),
+            tuple(args), tuple(tans))
+        torch.testing.assert_close(t_loss, want, rtol=1e-10, atol=1e-10, msg=backend)
+        assert not t_raw.any(), backend

@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -216,8 +217,18 @@ def implementation(op: str, implemented: Sequence[str], device: torch.device,
     if name == "ext":
         return getattr(torch.ops.vgm2p_fast, op)
     if name == "triton":
-        return getattr(importlib.import_module(f"vgm2p_fast.kernels.{op}"), op)
+        return getattr(sys.modules[_import_kernel(op)], op)
     return ref
+
+
+def _import_kernel(op: str) -> str:
+    """Import ``vgm2p_fast.kernels.<op>`` (and triton) on first use; returns the module name."""
+    return importlib.import_module(f"vgm2p_fast.kernels.{op}").__name__
+
+
+# A constant for dynamo too: it refuses to trace importlib.import_module, so the import runs
+# once at trace time and the graph reads the module from sys.modules (which dynamo traces).
+_import_kernel._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def report(ops: Mapping[str, Sequence[str]], device: torch.device

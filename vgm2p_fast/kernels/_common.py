@@ -1,4 +1,5 @@
-"""Pieces shared by the kernels: the FP-fusion pin, dtype maps, launch wrapping, activations.
+"""Pieces shared by the kernels: the FP-fusion pin, dtype maps, launch wrapping, activations,
+and the forward-mode AD switch.
 
 Importing this module imports triton; only ``vgm2p_fast.kernels.*`` does that, lazily.
 """
@@ -15,6 +16,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import torch
 import triton
 import triton.language as tl
+from torch.autograd import forward_ad
 
 from .._checks import BackendUnavailableError
 
@@ -54,6 +56,49 @@ def check_device(t: torch.Tensor) -> None:
             "triton kernels got CPU tensors but triton was imported without the interpreter: "
             "set TRITON_INTERPRET=1 before anything imports triton (slow, for tests only), or "
             "use CUDA tensors")
+
+
+def forward_ad_active() -> bool:
+    """Whether forward-mode AD may be running: inside ``torch.func.jvp`` (which enters a
+    ``forward_ad.dual_level`` too) or a user's ``forward_ad.dual_level``.
+
+    A ``triton_op`` has no forward-mode rule (``register_autograd`` is reverse mode only; its
+    generated Function gives tangents of 0 without an error), so the launchers route a call
+    through a ``torch.autograd.Function`` with a ``jvp`` only then: dynamo refuses Functions
+    with a custom ``jvp`` ("Unsupported custom jvp"), and ``Function.apply`` costs a few us per
+    layer that the plain op does not. One read of forward_ad's level counter (-1 outside).
+    """
+    return forward_ad._current_level >= 0
+
+
+class _NoDerivative(torch.autograd.Function):
+    """Runs a sampling kernel so that a tangent (or a gradient) reaching it raises instead of
+    giving zeros: the sampling ops have no derivative on the triton backend."""
+
+    @staticmethod
+    def forward(name, fn, *args):
+        return fn(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.name = inputs[0]
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise BackendUnavailableError(
+            f"{ctx.name}: the triton backend has no forward-mode derivative (torch.func.jvp, "
+            f"forward_ad); use backend='torch' or VGM2P_BACKEND={ctx.name}=torch")
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise BackendUnavailableError(
+            f"{ctx.name}: the triton backend has no gradient; use backend='torch' or "
+            f"VGM2P_BACKEND={ctx.name}=torch")
+
+
+def no_derivative(name: str, fn, *args):
+    """``fn(*args)`` (a sampling op) under forward AD: a tangent that reaches it raises."""
+    return _NoDerivative.apply(name, fn, *args)
 
 
 def acc_dtype(dtype: torch.dtype) -> tl.dtype:

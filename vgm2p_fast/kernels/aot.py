@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import _common, cfg_sample, linear_jvp, meanflow_target_loss
+from . import _common, cfg_sample, linear_jvp, meanflow_target_loss, mlp_cfg_sample
 from ._common import ACT_IDS, SIG_DTYPES, acc_dtype
 
 _FLOAT_ARGS = {"p", "eps", "w", "step"}
@@ -81,7 +81,7 @@ def configs(quick: bool = False) -> list[Config]:
     float64 only change the load/store widths). Each kernel's constexpr switches are compiled
     both ways (bias, tangent, saved act', p = 1, gradient, null, bounds, guidance).
     mlp_cfg_sample: its one block table and action tile, guided (GELU) and not (SiLU), both
-    decodings, 16/32-bit storage (``mlp_fits`` keeps float64 off this path).
+    decodings, the storage dtypes of ``mlp_cfg_sample.MLP_DTYPES`` (no float64 MMA variant).
     float32 matmuls both as IEEE and TF32 (linear_jvp follows torch's allow_tf32 switch).
     ``quick``: bfloat16, one activation and one tile per kernel.
     """
@@ -145,21 +145,21 @@ def configs(quick: bool = False) -> list[Config]:
                 f"cfg_sample[continuous,D=16,unguided,unbounded,{_short(dt)}]", cfg_sample._kernel,
                 dt, {"HAS_NULL": False, "HAS_BOUNDS": False, "DISCRETE": False, **tile},
                 _common.ROW_NUM_WARPS))
-    mlp = cfg_sample.MLP
+    mlp = mlp_cfg_sample.MLP
     mlp_cases = [(True, False)] if quick else [(g, d) for g in (True, False) for d in (False, True)]
-    mlp_dtypes = [torch.bfloat16] if quick else [torch.float32, torch.bfloat16, torch.float16]
-    for dt in mlp_dtypes:  # always IEEE float32: see cfg_sample.MLP
+    mlp_dtypes = [torch.bfloat16] if quick else list(mlp_cfg_sample.MLP_DTYPES)
+    for dt in mlp_dtypes:  # always IEEE float32: see mlp_cfg_sample.MLP
         prec, label = "ieee", _short(dt)
         for guided, discrete in mlp_cases:
             kind = "discrete" if discrete else "continuous"
             act = "gelu_tanh" if guided else "silu"
             out.append(Config(
                 f"mlp_cfg_sample[{kind},{act},{'guided' if guided else 'unguided'},{label}]",
-                cfg_sample._mlp_kernel, dt,
+                mlp_cfg_sample._mlp_kernel, dt,
                 {"ACT": ACT_IDS[act], "GUIDED": guided, "HAS_BOUNDS": not discrete,
                  "DISCRETE": discrete, "ACC": acc_dtype(dt),
                  "PRECISION": prec, "BM": mlp["BM"], "BN": mlp["BN"],
-                 "BK": mlp["BK"], "DP": cfg_sample.MLP_DP}, mlp["num_warps"],
+                 "BK": mlp["BK"], "DP": mlp_cfg_sample.MLP_DP}, mlp["num_warps"],
                 {"dims_ptr": torch.int32, "scr_ptr": torch.float32,
                  **({"avail_ptr": torch.bool, "out_ptr": torch.int64} if discrete else {})}))
     return out

@@ -33,7 +33,15 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ACT_IDS, acc_dtype, act_and_grad, check_device, fp32_precision, mma
+from ._common import (
+    ACT_IDS,
+    acc_dtype,
+    act_and_grad,
+    check_device,
+    forward_ad_active,
+    fp32_precision,
+    mma,
+)
 
 # Launch configurations, the ones kernels/aot.py compiles for sm_80/sm_90 (0 spills there).
 # Forward with 4-byte/8-byte inputs: BK = 16, since the (ieee) fp32 dot keeps its operands in
@@ -309,6 +317,45 @@ def _backward(ctx, grad_h, _grad_dh, _grad_act):
 _linear_jvp_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _ForwardAD(torch.autograd.Function):
+    """The forward op with a forward-mode rule, used while forward AD is active only (see
+    ``forward_ad_active``); backward is the op's own ``_backward``.
+
+    ``pre = x W^T + b`` has the tangent ``t_pre = t_x W^T + x t_W^T + t_b``, so
+    ``t_h = act'(pre) * t_pre`` with ``act'`` saved by the kernel (one launch, as in training).
+    ``dh`` is a stop-gradient in both modes (the reference detaches it too): no tangent.
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, dx, activation, save_grad):
+        return _linear_jvp_fwd(x, weight, bias, dx, activation, save_grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(inputs[0], inputs[1], output[2])  # x, weight, act'
+        ctx.out_shape = output[0].shape
+
+    @staticmethod
+    def jvp(ctx, t_x, t_w, t_b, _t_dx, _t_act, _t_save):
+        x, weight, act_grad = ctx.saved_tensors
+        terms = []
+        if t_x is not None:
+            terms.append(torch.matmul(t_x, weight.transpose(-1, -2)))
+        if t_w is not None:
+            terms.append(torch.matmul(x, t_w.transpose(-1, -2)))
+        if t_b is not None:
+            terms.append(t_b.unsqueeze(-2))  # (1, out) or (G, 1, out): broadcast over rows
+        if not terms:  # only dx has a tangent: h does not depend on dx
+            return None, None, None
+        t_pre = sum(terms[1:], terms[0])
+        if t_pre.shape != ctx.out_shape:  # a bias tangent alone
+            t_pre = t_pre.expand(ctx.out_shape).contiguous()
+        return (t_pre if ctx.activation == "identity" else t_pre * act_grad), None, None
+
+    backward = staticmethod(_backward)
+
+
 def linear_jvp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                dx: torch.Tensor | None = None, activation: str = "silu"
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -319,6 +366,9 @@ def linear_jvp(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     Returns ``h`` (..., M, out) with autograd into x, weight, bias and ``dh`` (detached) or None.
     """
     check_device(x)
+    if forward_ad_active():  # act' is saved for the tangent: see _ForwardAD
+        h, dh, _ = _ForwardAD.apply(x, weight, bias, dx, activation, True)
+        return h, (dh if dx is not None else None)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias))
     h, dh, _ = _linear_jvp_fwd(x, weight, bias, dx, activation, save)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._common import ROW_NUM_WARPS, check_device, row_blocks
+from ._common import ROW_NUM_WARPS, check_device, forward_ad_active, row_blocks
 
 
 @triton.jit
@@ -129,6 +129,32 @@ def _backward(ctx, grad_loss, _grad_raw, _grad_grad):
 _loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _ForwardAD(torch.autograd.Function):
+    """The op with a forward-mode rule, used while forward AD is active only (see
+    ``forward_ad_active``): ``t_loss = sum_d dloss/du * t_u``, the kernel's own dloss/du. The
+    target, the weight and ``L`` are stop-gradients in both modes (as in the reference): the
+    tangents of dudt, v_g, t and r do not reach the loss."""
+
+    @staticmethod
+    def forward(u, dudt, v_g, t, r, norm_p, norm_eps, need_grad):
+        return _loss_op(u, dudt, v_g, t, r, norm_p, norm_eps, need_grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(output[2])  # dloss/du
+        ctx.loss_dtype = output[0].dtype
+
+    @staticmethod
+    def jvp(ctx, t_u, *_):
+        if t_u is None:
+            return None, None, None
+        (grad,) = ctx.saved_tensors
+        return (grad * t_u).sum(-1).to(ctx.loss_dtype), None, None
+
+    backward = staticmethod(_backward)
+
+
 def meanflow_target_loss(u: torch.Tensor, dudt: torch.Tensor, v_g: torch.Tensor,
                          t: torch.Tensor, r: torch.Tensor, norm_p: float = 1.0,
                          norm_eps: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +164,9 @@ def meanflow_target_loss(u: torch.Tensor, dudt: torch.Tensor, v_g: torch.Tensor,
     and ``L (...)`` detached; both in the promoted dtype of (u, t, r), like the reference.
     """
     check_device(u)
+    if forward_ad_active():  # dloss/du is computed for the tangent: see _ForwardAD
+        loss, raw, _ = _ForwardAD.apply(u, dudt, v_g, t, r, float(norm_p), float(norm_eps), True)
+        return loss, raw
     need_grad = torch.is_grad_enabled() and u.requires_grad
     loss, raw, _ = _loss_op(u, dudt, v_g, t, r, float(norm_p), float(norm_eps), need_grad)
     return loss, raw

@@ -10,18 +10,17 @@ from . import cfg_sample as _cfg_sample
 from . import gae as _gae
 from . import linear_jvp as _linear_jvp
 from . import meanflow_target_loss as _meanflow_target_loss
+from . import mlp_cfg_sample as _mlp_cfg_sample
 from .cfg_sample import cfg_sample, cfg_sample_ref
 from .gae import gae, gae_ref
 from .linear_jvp import linear_jvp, linear_jvp_ref
 from .meanflow_target_loss import meanflow_target_loss, meanflow_target_loss_ref
+from .mlp_cfg_sample import MLPPack, mlp_cfg_sample, mlp_cfg_sample_ref, mlp_fits, pack_mlp
 
-# op name -> backends it implements (vgm2p info prints what auto picks from these)
-REGISTRY = {
-    m.__name__.rsplit(".", 1)[1]: m.IMPLEMENTED
-    for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _gae)
-}
 _MODULES = {m.__name__.rsplit(".", 1)[1]: m
-            for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _gae)}
+            for m in (_linear_jvp, _meanflow_target_loss, _cfg_sample, _mlp_cfg_sample, _gae)}
+# op name -> backends it implements (vgm2p info prints what auto picks from these)
+REGISTRY = {name: m.IMPLEMENTED for name, m in _MODULES.items()}
 
 
 def unchecked(op: str, device: torch.device, backend: str | None = None) -> Callable:
@@ -40,6 +39,7 @@ def resolved_backend(op: str, device: torch.device, backend: str | None = None) 
 
 __all__ = [
     "REGISTRY",
+    "MLPPack",
     "cfg_sample",
     "cfg_sample_ref",
     "gae",
@@ -48,6 +48,10 @@ __all__ = [
     "linear_jvp_ref",
     "meanflow_target_loss",
     "meanflow_target_loss_ref",
+    "mlp_cfg_sample",
+    "mlp_cfg_sample_ref",
+    "mlp_fits",
+    "pack_mlp",
     "resolved_backend",
     "unchecked",
 ]

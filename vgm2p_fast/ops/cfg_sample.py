@@ -42,6 +42,28 @@ def cfg_sample_ref(
     return low + (x + 1.0) * (0.5 * (high - low))
 
 
+def check_decoding(z: torch.Tensor, low: torch.Tensor | None, high: torch.Tensor | None,
+                   avail: torch.Tensor | None, discrete: bool) -> None:
+    """Validate the decoding arguments against the noise ``z (..., D)``: ``avail`` (..., D)
+    bool with a True per row, for discrete actions only; ``low, high`` (D,) (both or neither),
+    for continuous actions only. Shared by ``cfg_sample`` and ``mlp_cfg_sample``."""
+    if discrete:
+        if low is not None or high is not None:
+            raise ValueError("low/high: expected None for discrete actions, found bounds")
+        if avail is not None:
+            check_tensor("avail", avail, shape=tuple(z.shape), dtypes=(torch.bool,),
+                         device=z.device)
+            check_avail(avail, "avail")
+        return
+    if avail is not None:
+        raise ValueError("avail: expected None for continuous actions, found a mask")
+    if (low is None) != (high is None):
+        raise ValueError("low/high: expected both or neither, found only one")
+    if low is not None:
+        for name, b in (("low", low), ("high", high)):
+            check_tensor(name, b, shape=(z.shape[-1],), dtypes=(z.dtype,), device=z.device)
+
+
 def cfg_sample(
     z: torch.Tensor,
     u_cond: torch.Tensor,
@@ -75,20 +97,6 @@ def cfg_sample(
     check_tensor("u_cond", u_cond, shape=tuple(z.shape), dtypes=(z.dtype,), device=z.device)
     if u_null is not None:
         check_tensor("u_null", u_null, shape=tuple(z.shape), dtypes=(z.dtype,), device=z.device)
-    if discrete:
-        if low is not None or high is not None:
-            raise ValueError("low/high: expected None for discrete actions, found bounds")
-        if avail is not None:
-            check_tensor("avail", avail, shape=tuple(z.shape), dtypes=(torch.bool,),
-                         device=z.device)
-            check_avail(avail, "avail")
-    else:
-        if avail is not None:
-            raise ValueError("avail: expected None for continuous actions, found a mask")
-        if (low is None) != (high is None):
-            raise ValueError("low/high: expected both or neither, found only one")
-        if low is not None:
-            for name, b in (("low", low), ("high", high)):
-                check_tensor(name, b, shape=(z.shape[-1],), dtypes=(z.dtype,), device=z.device)
+    check_decoding(z, low, high, avail, discrete)
     fn = implementation("cfg_sample", IMPLEMENTED, z.device, backend, cfg_sample_ref)
     return fn(z, u_cond, u_null, guidance, step, low, high, avail, discrete)

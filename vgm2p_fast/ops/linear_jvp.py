@@ -4,10 +4,12 @@
     dh  = act'(pre) * (dx W[:, :k]^T)          (k = dx.shape[-1] <= in_features)
 
 The tangent ``dh`` sits inside MeanFlow's stop-gradient, so it is computed without autograd and
-returned detached; only ``h`` carries a graph. ``dx`` may cover only the first ``k`` input
-columns: the policy's first layer has a non-zero tangent only on the noisy action and the two
-time embeddings (the observation, agent id and condition columns have tangent 0), so the tangent
-matmul of that layer is ``k / in_features`` of the primal's (e.g. 38/96 for HalfCheetah-6x1).
+returned detached, for reverse and forward mode alike (``torch.func.jvp`` gives it no tangent);
+only ``h`` carries a graph, and a forward-mode tangent on every backend. ``dx`` may cover only
+the first ``k`` input columns: the policy's first layer has a non-zero tangent only on the noisy
+action and the two time embeddings (the observation, agent id and condition columns have tangent
+0), so the tangent matmul of that layer is ``k / in_features`` of the primal's (e.g. 38/96 for
+HalfCheetah-6x1).
 
 Compared with ``torch.func.jvp`` this saves the dual-tensor bookkeeping and the extra tensors
 that forward-mode AD keeps for backward; the pre-activation is computed once and reused.
@@ -76,9 +78,9 @@ def linear_jvp_ref(
     h = activation_fn(pre, activation)
     if dx is None:
         return h, None
-    with torch.no_grad():
-        w = weight[..., : dx.shape[-1]]
-        dpre = torch.matmul(dx, w.transpose(-1, -2))
+    with torch.no_grad():  # detach: no_grad stops reverse mode only, not forward-mode tangents
+        w = weight.detach()[..., : dx.shape[-1]]
+        dpre = torch.matmul(dx.detach(), w.transpose(-1, -2))
         grad = activation_grad(pre.detach(), activation)
         dh = dpre if grad is None else dpre.mul_(grad)
     return h, dh

@@ -4,7 +4,9 @@
     L     = sum_d (u - u_tgt)^2
     loss  = L / stopgrad((L + eps)^p)        (adaptive weight, MeanFlow eq. 11; p = 1, eps = 0.01)
 
-Only ``u`` receives a gradient: ``dloss/du = 2 (u - u_tgt) / (L + eps)^p``.
+Only ``u`` receives a gradient: ``dloss/du = 2 (u - u_tgt) / (L + eps)^p``; in forward mode
+likewise only the tangent of ``u`` reaches the loss, ``t_loss = sum_d dloss/du * t_u``, on every
+backend (the triton one has that rule; tests/test_meanflow_target_loss.py checks it).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def meanflow_target_loss_ref(
     norm_eps: float = 0.01,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch reference; same contract as :func:`meanflow_target_loss`."""
-    with torch.no_grad():
-        u_tgt = v_g - (t - r).clamp(0.0, 1.0).unsqueeze(-1) * dudt
+    # detach, not only no_grad: the target is a stop-gradient for forward-mode tangents too
+    u_tgt = (v_g - (t - r).clamp(0.0, 1.0).unsqueeze(-1) * dudt).detach()
     err = (u - u_tgt).square().sum(-1)
     raw = err.detach()
     weight = (raw + norm_eps).pow(norm_p)
