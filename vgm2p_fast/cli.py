@@ -15,8 +15,8 @@ import torch
 
 from . import __version__, backends
 from .backends import BackendUnavailableError
+from .cli_data import add_data_parser
 from .cli_train import add_eval_parser, add_train_parser
-from .datasets import add_cli as add_data_cli
 from .envs import EnvUnavailableError
 from .ops import REGISTRY
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
     add_train_parser(sub)
     add_eval_parser(sub)
-    add_data_cli(sub)
+    add_data_parser(sub)
     return parser
 
 

@@ -11,12 +11,9 @@ before it writes, so it never produces a file the loader would refuse.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +28,6 @@ from ._format import (
     _BOOL,
     _CONT_ACTIONS,
     _DISC_ACTIONS,
-    _ENV_HELP,
     _FLOAT,
     _LAYOUT,
     _LONG,
@@ -481,76 +477,3 @@ def write_dataset(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------- CLI
-def _format_summary(s: Mapping[str, Any]) -> str:
-    if s["action_space"] == "discrete":
-        space = f"discrete ({s['action_dim']} actions)"
-    else:
-        bounds = f"bounds [{np.min(s['action_low']):g}, {np.max(s['action_high']):g}]"
-        space = f"continuous (action_dim {s['action_dim']}, env {bounds})"
-    rows = [
-        ("env", s["env"]), ("source", s["source"]), ("agents", s["agents"]),
-        ("action space", space), ("obs_dim", s["obs_dim"]), ("state_dim", s["state_dim"]),
-        ("transitions", f"{s['transitions']:,}"),
-        ("episodes", f"{s['episodes']:,} (length mean {s['episode_length_mean']:.1f}, "
-                     f"min {s['episode_length_min']}, max {s['episode_length_max']}; "
-                     f"{s['terminals']:,} terminals, {s['truncations']:,} truncations)"),
-        ("return", f"mean {s['return_mean']:.4g}  std {s['return_std']:.4g}  "
-                   f"min {s['return_min']:.4g}  max {s['return_max']:.4g}"),
-    ]
-    return "\n".join(f"{k:<13} {v}" for k, v in rows)
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    summary = load_dataset(args.file).summary()
-    print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    for name in list_datasets():
-        print(name)
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from .vault import convert_vault  # imports tensorstore only when it reads
-
-    try:
-        report = convert_vault(args.vault, args.out, env=args.env, uid=args.uid,
-                               action_low=args.action_low, action_high=args.action_high,
-                               reward=args.reward,
-                               compression=None if args.compression == "none" else args.compression)
-    except ImportError as exc:  # tensorstore missing: the optional extra
-        print(f"vgm2p: error: {exc}", file=sys.stderr)
-        return 2
-    print(report)
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``vgm2p data info|list|convert`` on the top-level parser's subparsers."""
-    data = subparsers.add_parser("data", help="offline datasets: inspect, list, convert")
-    sub = data.add_subparsers(dest="data_command", required=True)
-    p = sub.add_parser("info", help="validate a dataset and print its sizes and return stats")
-    p.add_argument("file", help="dataset path, or a name from `vgm2p data list`")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("list", help="names of the bundled and cached datasets")
-    p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("convert", help="convert an OG-MARL vault (flashbax) to our HDF5 format "
-                                       "(needs `pip install 'vgm2p_fast[ogmarl]'`)")
-    p.add_argument("vault", help="a <scenario>.vlt folder, or one of its <uid> folders")
-    p.add_argument("out", help="output .h5 file")
-    p.add_argument("--env", required=True, help=f"environment spec: {_ENV_HELP}")
-    p.add_argument("--uid", help="dataset inside the vault (e.g. Good, Medium, Poor, Replay)")
-    p.add_argument("--action-low", type=float, nargs="+", metavar="X",
-                   help="environment action bounds the vault's continuous actions are in; "
-                        "they are rescaled to [-1, 1] (default: already in [-1, 1])")
-    p.add_argument("--action-high", type=float, nargs="+", metavar="X")
-    p.add_argument("--reward", choices=("team", "mean", "sum"), default="team",
-                   help="per-agent rewards -> team reward: 'team' requires them equal (default)")
-    p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
-    p.set_defaults(func=_cmd_convert)

@@ -2,7 +2,7 @@
 
 :func:`vgm2p_fast.datasets.write_dataset` takes whole arrays; a source larger than memory
 cannot give those. :class:`StreamWriter` appends chunks to resizable HDF5 datasets and runs the
-format's own checks (``datasets._check_layout`` and ``datasets._check_values``, the functions
+format's own checks (``_format._check_layout`` and ``_format._check_values``, the functions
 :func:`~vgm2p_fast.datasets.load_dataset` runs) on every chunk before writing it. Each chunk
 ends at an episode end, so the check that the last row closes an episode holds per chunk, and
 the file the writer leaves behind is one the loader accepts. Like ``write_dataset`` it writes
@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..datasets import FORMAT_VERSION, DatasetError, _check_layout, _check_values
+from .._format import FORMAT_VERSION, DatasetError, _check_layout, _check_values
 from ._episodes import Rows
 
 _FLOAT_FIELDS = ("observations", "rewards", "states", "next_states", "next_observations")
