@@ -1,14 +1,10 @@
-"""``cfg_sample`` speed: guided one-step sampling + decoding, and the one-launch whole-MLP path.
+"""``cfg_sample`` speed: guided one-step sampling + decoding (the one-launch whole-MLP path is
+``bench_mlp_cfg_sample.py``).
 
-CUDA only (ready, skipped without a GPU):
-- ``cfg_sample`` Triton vs ``torch`` at 4096 x 6 rows (D = 6 continuous, K = 12 discrete),
-  bf16: launch-bound, goal >= 3x (1 launch vs ~5).
-- ``mlp_cfg_sample`` (one launch: 4 x 256 SiLU MLP + guided step, B = 6 agents, one env) vs
-  the layer-by-layer Triton path of ``MeanFlowPolicy.act``; goal: >= 2x from ~11 launches -> 1.
-  The one-launch case times the kernel alone; in ``act`` it would keep the policy's input
-  building (time embeddings, concatenation: ~6 small torch ops), which the other case includes.
+CUDA only (ready, skipped without a GPU): ``cfg_sample`` Triton vs ``torch`` at 4096 x 6 rows
+(D = 6 continuous, K = 12 discrete), bf16: launch-bound, goal >= 3x (1 launch vs ~5).
 Not measured: no GPU was available. Run: ``pytest benchmarks/bench_cfg_sample.py
---benchmark-only``.
+--benchmark-only`` (``scripts/gpu_check.sh`` runs it on the first GPU machine).
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import vgm2p_fast as vf
 from vgm2p_fast.ops import cfg_sample
 
 pytestmark = [
@@ -47,30 +42,3 @@ def test_cuda_cfg_sample(benchmark, backend, discrete):
 
     step()
     assert benchmark(step).shape[0] == rows
-
-
-@pytest.mark.benchmark(group="mlp_cfg_sample-cuda")
-@pytest.mark.parametrize("path", ["one_launch", "layer_by_layer"])
-def test_cuda_decentralised_step(benchmark, path):
-    """One env step for 6 agents (shared weights), guided, the policy's default MLP."""
-    from vgm2p_fast.kernels.cfg_sample import mlp_cfg_sample, pack_mlp
-
-    torch.manual_seed(0)
-    policy = vf.MeanFlowPolicy(24, 6, 6, backend="triton").cuda()
-    obs = torch.randn(1, 6, 24, device="cuda")
-    z = torch.randn(1, 6, 6, device="cuda")
-    pack = pack_mlp(list(policy.weights), list(policy.biases))
-    # [cond rows; null rows] of the first layer's input; values do not change the speed
-    x_in = torch.randn(2 * 6, policy.weights[0].shape[-1], device="cuda")
-
-    def step():
-        if path == "one_launch":
-            a = mlp_cfg_sample(x_in, pack, z.reshape(6, 6), "silu", guided=True,
-                               guidance=2.0, low=policy.action_low, high=policy.action_high)
-        else:
-            a = policy.act(obs, guidance=2.0, noise=z)
-        torch.cuda.synchronize()
-        return a
-
-    step()
-    assert benchmark(step).numel() == 36
