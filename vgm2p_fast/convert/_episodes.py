@@ -98,6 +98,19 @@ def ends_from_done(src: os.PathLike | str, name: str, done: np.ndarray,
     return done & ~truncation, truncation
 
 
+def finished_episodes(src: os.PathLike | str, name: str, done: np.ndarray,
+                      limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """:func:`ends_from_done`, cut after the last finished episode: ``[K]`` terminals and
+    truncations for the ``K`` rows kept, and the report's notes."""
+    terminals, truncations = ends_from_done(src, name, done, limit)
+    kept = kept_rows(terminals, truncations)
+    require_episodes(src, kept, name)
+    notes = [f"episodes end at {name} or after {limit} rows (--episode-limit)"]
+    if kept < done.shape[0]:
+        notes.append(f"dropped {done.shape[0] - kept} rows after the last finished episode")
+    return terminals[:kept], truncations[:kept], notes
+
+
 def kept_rows(terminals: np.ndarray, truncations: np.ndarray) -> int:
     """Rows up to and including the last episode end (0 when no episode ends)."""
     ends = np.flatnonzero(terminals | truncations)

@@ -30,11 +30,9 @@ from ._episodes import (
     Rows,
     Source,
     check_rows,
-    ends_from_done,
-    kept_rows,
+    finished_episodes,
     npy,
     pad_agents,
-    require_episodes,
     stream,
     team_reward,
 )
@@ -67,10 +65,8 @@ def open_source(path: Path, opts: Options) -> Source:
     for x in per["dones"]:  # madiff mpe.py: the episode ends when done.all()
         done &= np.asarray(x) != 0
     limit = EPISODE_LIMIT if opts.episode_limit is None else opts.episode_limit
-    terminals, truncations = ends_from_done(path / "dones_0.npy", "dones", done, limit)
-    kept = kept_rows(terminals, truncations)
-    require_episodes(path, kept, "dones")
-    terminals, truncations = terminals[:kept], truncations[:kept]
+    terminals, truncations, notes = finished_episodes(path / "dones_0.npy", "dones", done,
+                                                      limit)
 
     def read(a: int, b: int) -> Rows:
         rews = np.stack([np.asarray(x[a:b]) for x in per["rews"]], axis=1)
@@ -86,9 +82,6 @@ def open_source(path: Path, opts: Options) -> Source:
     env_id = path.parent.parent.name
     row_bytes = sum(int(np.prod(x.shape[1:])) * x.dtype.itemsize
                     for arrays in per.values() for x in arrays)
-    notes = [f"episodes cut every {limit} rows (--episode-limit)"]
-    if kept < t:
-        notes.append(f"dropped {t - kept} rows after the last finished episode")
     return Source(path=path, env=f"mpe/{env_id}" if env_id.startswith("simple_") else env_id,
-                  chunks=stream(read, terminals, truncations), rows=kept, row_bytes=row_bytes,
-                  notes=notes)
+                  chunks=stream(read, terminals, truncations), rows=terminals.size,
+                  row_bytes=row_bytes, notes=notes)

@@ -37,9 +37,7 @@ from ._episodes import (
     Rows,
     Source,
     check_rows,
-    ends_from_done,
-    kept_rows,
-    require_episodes,
+    finished_episodes,
     stream,
     team_reward,
 )
@@ -83,10 +81,7 @@ def open_source(path: Path, opts: Options) -> Source:
                            f"shape {d.shape}")
     done = np.asarray(d[:, 0] if d.ndim == 2 else d[:]) != 0  # offline_dataset.py: d[:, 0]
     limit = EPISODE_LIMIT if opts.episode_limit is None else opts.episode_limit
-    terminals, truncations = ends_from_done(path, "d", done, limit)
-    kept = kept_rows(terminals, truncations)
-    require_episodes(path, kept, "d")
-    terminals, truncations = terminals[:kept], truncations[:kept]
+    terminals, truncations, notes = finished_episodes(path, "d", done, limit)
 
     def read(lo: int, hi: int) -> Rows:
         rew = np.asarray(r[lo:hi]).reshape(hi - lo, -1)
@@ -97,8 +92,5 @@ def open_source(path: Path, opts: Options) -> Source:
 
     stem = path.stem.rsplit("-", 1)[0] if path.stem.count("-") >= 2 else path.stem
     row_bytes = sum(int(np.prod(x.shape[1:])) * x.dtype.itemsize for x in (s, o, a, r))
-    notes = [f"episodes end at d[:, 0] or after {limit} rows (--episode-limit)"]
-    if kept < t:
-        notes.append(f"dropped {t - kept} rows after the last finished episode")
     return Source(path=path, env=f"mamujoco_omiga/{stem}", chunks=stream(read, terminals,
-                  truncations), rows=kept, row_bytes=row_bytes, notes=notes)
+                  truncations), rows=terminals.size, row_bytes=row_bytes, notes=notes)

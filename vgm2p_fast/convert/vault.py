@@ -165,8 +165,9 @@ def open_source(path: Path, opts: Options) -> Source:
                                   _flag(base, "truncations", leaves["truncations"], written))
     keep = [kept_rows(term[b], trunc[b]) for b in range(term.shape[0])]
     require_episodes(base, sum(keep), "terminals/truncations")
-    padded = [0]  # -inf values zeroed, counted for the report
-    notes: list[str] = []
+    dropped = term.size - sum(keep)
+    notes = [f"dropped {dropped} steps of unfinished episodes"] if dropped else []
+    padded = [0]  # -inf values zeroed, counted for the report (known once streamed)
 
     def read(b: int, lo: int, hi: int) -> Rows:
         def get(name: str) -> np.ndarray:
@@ -187,14 +188,11 @@ def open_source(path: Path, opts: Options) -> Source:
             ends = np.flatnonzero(term[b, :k] | trunc[b, :k])
             for lo, hi in windows(ends, max_rows):
                 yield read(b, lo, hi)
-        if dropped:
-            notes.append(f"dropped {dropped} steps of unfinished episodes")
         if padded[0]:
             notes.append(f"replaced {padded[0]} -inf padding values by 0")
 
     row_bytes = sum(int(np.prod(s.shape[2:])) * np.dtype(s.dtype.numpy_dtype).itemsize
                     for s in leaves.values())
-    dropped = term.size - sum(keep)
     return Source(path=base, env=_label(base), chunks=chunks, rows=sum(keep),
                   row_bytes=row_bytes, notes=notes, attrs={"source_uid": base.name})
 
