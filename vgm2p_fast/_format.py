@@ -42,7 +42,7 @@ from . import envs
 
 FORMAT_VERSION = 1
 
-_ENV_HELP = envs.spec_help()  # the registered families' syntax, for `--env` help texts
+_ENV_HELP = envs.spec_help()  # the registered families' syntax, named when `env` is missing
 
 # Dataset name -> (dtype, shape template). Template symbols are sizes shared across datasets:
 # the first dataset that shows one fixes it, every later one must agree.
