@@ -32,6 +32,7 @@ import numpy as np
 
 from ..datasets import DatasetError
 from ._episodes import (
+    NpyRows,
     Options,
     Rows,
     Source,
@@ -50,7 +51,7 @@ def detect(path: Path) -> bool:
     return path.is_dir() and all((path / f).is_file() for f in ("obs.npy", "path_lengths.npy"))
 
 
-def _ends(path: Path, lengths: np.ndarray, rows: int, discounts: np.ndarray | None,
+def _ends(path: Path, lengths: np.ndarray, rows: int, discounts: NpyRows | None,
           limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``[T]`` terminals/truncations at the last row of each episode of ``lengths``."""
     if lengths.ndim != 1 or lengths.size == 0 or (lengths < 1).any():
@@ -61,7 +62,7 @@ def _ends(path: Path, lengths: np.ndarray, rows: int, discounts: np.ndarray | No
                            f"{rows} rows of obs.npy", f"sum {int(lengths.sum())}")
     last = np.cumsum(lengths) - 1
     if discounts is not None:
-        ended = discounts[last, 0] == 0  # transform_og_marl_dataset: int(d[-1, 0]) == 0
+        ended = np.asarray(discounts)[last, 0] == 0  # the transform: int(d[-1, 0]) == 0
     elif limit is not None:
         if (lengths > limit).any():
             raise DatasetError(path / "path_lengths.npy", "path_lengths", f"episodes of at "
