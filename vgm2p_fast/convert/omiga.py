@@ -26,6 +26,7 @@ environment, ``og_marl/wrapped_environments/mamujoco_omiga.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -92,5 +93,13 @@ def open_source(path: Path, opts: Options) -> Source:
 
     stem = path.stem.rsplit("-", 1)[0] if path.stem.count("-") >= 2 else path.stem
     row_bytes = sum(int(np.prod(x.shape[1:])) * x.dtype.itemsize for x in (s, o, a, r))
-    return Source(path=path, env=f"mamujoco_omiga/{stem}", chunks=stream(read, terminals,
-                  truncations), rows=terminals.size, row_bytes=row_bytes, notes=notes)
+    rows = stream(read, terminals, truncations)
+
+    def chunks(max_rows: int) -> Iterator[Rows]:
+        try:
+            yield from rows(max_rows)
+        finally:  # the file stays open while streaming, and no longer
+            f.close()
+
+    return Source(path=path, env=f"mamujoco_omiga/{stem}", chunks=chunks, rows=terminals.size,
+                  row_bytes=row_bytes, notes=notes)
