@@ -1,18 +1,27 @@
 """Write ``RESULTS.md`` and the plots from a ``runs.csv`` written by ``run.py``.
 
-Normalised return of a run: ``100 (R - R_random) / (R_expert - R_random)`` with ``R`` its
-evaluation return mean and the two references of its dataset (file attributes
-``ref_random_return`` / ``ref_behaviour_return``, also in the dataset's card). A table cell is
-the mean ± std (ddof 1) over seeds of that number; the behaviour column is the dataset's own
-episodes (mean ± std over episodes). Nothing is filled in for a missing run: a cell says how
-many seeds it has. Only the csv and the dataset files it names are read.
+Protocol (docs/design.md 7): every run reports its FINAL evaluation (the field's convention,
+not the best checkpoint), on fixed evaluation episodes. A cell is over training seeds:
+normalised score ``100 (R - R_random) / (R_expert - R_random)`` as ``mean ± 2σ`` with
+``σ = sd / sqrt(n)`` the standard error of the mean (MAC-Flow's convention), the seed standard
+deviation ``sd`` (ddof 1) beside it, and the raw return mean. The behaviour column is the
+dataset's own episodes. References (file attributes ``ref_random_return`` /
+``ref_behaviour_return``) come from the csv, or from the dataset file for rows written before
+the csv carried them. Nothing is filled in for a missing run: a cell says how many seeds it has.
 
-    python benchmarks/results/make_table.py     # runs.csv -> RESULTS.md, results.png, sweep.png
+Verdicts (for VGM²P, on the rows with every seed of every method):
+``≥ MLP-BC`` and ``≥ data`` compare means; ``> MF-BC by 2σ`` asks the margin to exceed
+``2 sqrt(σ_a² + σ_b²)``; ``≤ 10% below best`` asks the mean to be at least the best baseline's
+minus 10% of its magnitude. The guidance sweep reports each scale's change from the default.
+
+    python benchmarks/results/make_table.py     # runs.csv -> RESULTS.md, results.png, ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from collections import defaultdict
@@ -26,107 +35,128 @@ sys.path.insert(0, str(HERE))
 
 from run import CSV, METHODS, ROOT, SWEEP_DATASETS, TABLE_DATASETS, read_csv  # noqa: E402
 
-LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P",
-          "meanflow-bc": "MeanFlow-BC (`--condition none`)", "fm-bc": "flow-matching BC"}
+LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P", "meanflow-bc": "MeanFlow-BC",
+          "fm-bc": "flow-matching BC", "mlp-bc": "MLP-BC", "awfm": "AW flow BC"}
+BASELINES = ("meanflow-bc", "fm-bc", "mlp-bc", "awfm")
 CARDS = HERE.parent / "datasets" / "cards"
+HEADLINE = ("-medium", "-medium-replay")   # the rows the targets are judged on
+
+
+def _float(x: str) -> float | None:
+    return float(x) if x not in ("", "None", None) else None
 
 
 def load_runs(table: Path) -> dict[tuple[str, str], list[dict]]:
     """(dataset, method) -> the rows of its finished seeds (sorted by seed), numbers parsed."""
     out: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in read_csv(table):
-        s = {"dataset": r["dataset_file"], "seed": int(r["seed"]), "steps": int(r["steps"]),
-             "guidance": float(r["guidance"]),
-             **{k: float(r[k]) for k in ("eval_return_mean", "train_time_s")}}
-        if r["eval_win_rate"]:
-            s["eval_win_rate"] = float(r["eval_win_rate"])
+        s = {"dataset_file": r["dataset_file"], "seed": int(r["seed"]),
+             "steps": int(r["steps"]), "guidance": float(r["guidance"]),
+             "ret": float(r["eval_return_mean"]), "time": float(r["train_time_s"]),
+             "win": _float(r.get("eval_win_rate", "")),
+             "refs": _float(r.get("ref_random", "")), "data_mean": _float(
+                 r.get("dataset_return_mean", "")),
+             "curve": [tuple(map(float, p.split(":"))) for p in r.get("eval_curve", "").split()]}
+        if s["refs"] is not None:
+            s["refs"] = (float(r["ref_random"]), float(r["ref_expert"]))
+            s["data"] = (float(r["dataset_return_mean"]), float(r["dataset_return_std"]))
         out[(r["dataset"], r["method"])].append(s)
     for v in out.values():
         v.sort(key=lambda s: s["seed"])
     return out
 
 
-def dataset_refs(path: str) -> dict[str, float | np.ndarray]:
-    """Reference returns and the episode returns of a dataset file (a relative path is taken
-    from the repository root)."""
-    with h5py.File(ROOT / path, "r") as f:
+def dataset_refs(run: dict) -> dict:
+    """(random, expert) references and the behaviour's return mean / std, from the csv row or
+    (older rows) from the dataset file (a relative path is taken from the repository root)."""
+    if run["refs"] is not None:
+        return {"random": run["refs"][0], "expert": run["refs"][1], "mean": run["data"][0],
+                "std": run["data"][1]}
+    with h5py.File(ROOT / run["dataset_file"], "r") as f:
         rew = f["rewards"][:].astype(np.float64)
-        done = f["terminals"][:] | f["truncations"][:]
-        ends = np.flatnonzero(done)
-        episode_returns = np.diff(np.concatenate([[0.0], np.cumsum(rew)[ends]]))
+        ends = np.flatnonzero(f["terminals"][:] | f["truncations"][:])
+        episodes = np.diff(np.concatenate([[0.0], np.cumsum(rew)[ends]]))
         return {"random": float(f.attrs["ref_random_return"]),
                 "expert": float(f.attrs["ref_behaviour_return"]),
-                "episodes": episode_returns}
+                "mean": float(episodes.mean()), "std": float(episodes.std())}
 
 
-def normalise(r: np.ndarray | float, refs: dict) -> np.ndarray:
-    return 100.0 * (np.asarray(r) - refs["random"]) / (refs["expert"] - refs["random"])
+def normalise(r, refs: dict) -> np.ndarray:
+    return 100.0 * (np.asarray(r, dtype=np.float64) - refs["random"]) / (
+        refs["expert"] - refs["random"])
 
 
-def mean_std(x: np.ndarray) -> tuple[float, float]:
-    return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+def stats(x: np.ndarray) -> tuple[float, float, float]:
+    """(mean, sd with ddof 1, standard error) of seeds (sd = se = 0 for one seed)."""
+    n = len(x)
+    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
+    return float(np.mean(x)), sd, sd / math.sqrt(n)
 
 
-def cell(x: np.ndarray | None, want: int) -> str:
-    if x is None or len(x) == 0:
+def cell(norm: np.ndarray | None, raw: np.ndarray | None, want: int) -> str:
+    if norm is None or len(norm) == 0:
         return "—"
-    m, s = mean_std(x)
-    return f"{m:.1f} ± {s:.1f}" + (f" ({len(x)}/{want} seeds)" if len(x) < want else "")
+    m, sd, se = stats(norm)
+    text = f"{m:.1f} ± {2 * se:.1f} (sd {sd:.1f}) · {np.mean(raw):.4g}"
+    return text + (f" ({len(norm)}/{want} seeds)" if len(norm) < want else "")
 
 
-def collect(table: Path, seeds: int) -> tuple[list[dict], dict]:
-    """Per-dataset rows of the table (normalised scores per method) and the sweep points."""
+def collect(table: Path) -> tuple[list[dict], dict, list[str]]:
+    """Per-dataset rows (normalised and raw per method), sweep points, and the methods seen."""
     data = load_runs(table)
-    names = [d for d in TABLE_DATASETS if any((d, m) in data for m in METHODS)]
-    names += sorted({d for d, m in data if m in METHODS and d not in names})
+    methods = [m for m in METHODS if any(mm == m for _, mm in data)]
+    names = [d for d in TABLE_DATASETS if any((d, m) in data for m in methods)]
+    names += sorted({d for d, m in data if m in methods and d not in names})
+    refs_of = {d: dataset_refs(v[0]) for (d, _), v in data.items()}
     rows = []
-    refs_of: dict[str, dict] = {}
-    for d in {d for d, _ in data}:
-        refs_of[d] = dataset_refs(next(iter(v for (dd, _), v in data.items() if dd == d))[0]
-                                  ["dataset"])
     for d in names:
         refs = refs_of[d]
-        row = {"dataset": d, "refs": refs, "behaviour": normalise(refs["episodes"], refs)}
-        for m in METHODS:
-            sums = data.get((d, m), [])
-            row[m] = normalise([s["eval_return_mean"] for s in sums], refs) if sums else None
-            row[f"{m}_time"] = float(np.mean([s["train_time_s"] for s in sums])) if sums else None
-            row[f"{m}_steps"] = sorted({s["steps"] for s in sums})
-            wins = [s["eval_win_rate"] for s in sums if "eval_win_rate" in s]
+        row = {"dataset": d, "refs": refs}
+        for m in methods:
+            runs = data.get((d, m), [])
+            raw = np.array([s["ret"] for s in runs])
+            row[m] = normalise(raw, refs) if runs else None
+            row[f"{m}_raw"] = raw if runs else None
+            row[f"{m}_time"] = float(np.mean([s["time"] for s in runs])) if runs else None
+            row[f"{m}_steps"] = sorted({s["steps"] for s in runs})
+            wins = [s["win"] for s in runs if s["win"] is not None]
             row[f"{m}_win"] = float(np.mean(wins)) if wins else None
+            row[f"{m}_curve"] = [s["curve"] for s in runs if s["curve"]]
         rows.append(row)
     sweep: dict[str, dict[float, np.ndarray]] = {}
-    order = [d for d in SWEEP_DATASETS if d in refs_of] + sorted(set(refs_of) - {*SWEEP_DATASETS})
-    for d in order:
-        pts = {}
-        for (dd, m), sums in data.items():
-            if dd != d or not (m == "vgm2p" or m.startswith("vgm2p-g")):
-                continue
-            pts[sums[0]["guidance"]] = normalise([s["eval_return_mean"] for s in sums],
-                                                 refs_of[d])
+    for d in [d for d in SWEEP_DATASETS if d in refs_of] + sorted(set(refs_of) - {
+            *SWEEP_DATASETS}):
+        pts = {runs[0]["guidance"]: normalise([s["ret"] for s in runs], refs_of[d])
+               for (dd, m), runs in data.items()
+               if dd == d and (m == "vgm2p" or m.startswith("vgm2p-g"))}
         if len(pts) > 1:
             sweep[d] = dict(sorted(pts.items()))
-    return rows, sweep
+    return rows, sweep, methods
 
 
-def verdicts(row: dict, seeds: int) -> tuple[str, str]:
-    """(VGM²P >= behaviour mean?, VGM²P - MeanFlow-BC > the larger seed std?) as text; a row
-    with fewer than ``seeds`` seeds of either method is not judged (its std means nothing)."""
-    v, b = row["vgm2p"], row["meanflow-bc"]
-    if v is None or len(v) < seeds or (b is not None and len(b) < seeds):
-        return "—", "—"
-    vm, vs = mean_std(v)
-    first = "yes" if vm >= float(np.mean(row["behaviour"])) else "**no**"
-    if b is None:
-        return first, "—"
-    bm, bs = mean_std(b)
-    margin = vm - bm
-    noise = max(vs, bs)
-    second = ("yes" if margin > noise else "**no**") + f" ({margin:+.1f} vs {noise:.1f})"
-    return first, second
+def verdicts(row: dict, seeds: int, methods: list[str]) -> dict[str, str] | None:
+    """The four targets for VGM²P on one row, or None when a method lacks seeds."""
+    if any(row[m] is None or len(row[m]) < seeds for m in methods) or "vgm2p" not in methods:
+        return None
+    vm, _, vse = stats(row["vgm2p"])
+    out = {"≥ data": "yes" if vm >= float(normalise(row["refs"]["mean"], row["refs"]))
+           else "**no**"}
+    if "mlp-bc" in methods:
+        out["≥ MLP-BC"] = "yes" if vm >= stats(row["mlp-bc"])[0] else "**no**"
+    if "meanflow-bc" in methods:
+        bm, _, bse = stats(row["meanflow-bc"])
+        need = 2 * math.hypot(vse, bse)
+        out["> MF-BC by 2σ"] = ("yes" if vm - bm > need else "**no**") + \
+            f" ({vm - bm:+.1f} vs {need:.1f})"
+    base = [stats(row[m])[0] for m in BASELINES if m in methods]
+    if base:
+        best = max(base)
+        out["≤ 10% below best"] = ("yes" if vm >= best - 0.1 * abs(best) else "**no**") + \
+            f" ({vm - best:+.1f})"
+    return out
 
 
-def plot(rows: list[dict], sweep: dict, out: Path) -> list[str]:
+def plot(rows: list[dict], sweep: dict, methods: list[str], out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,21 +164,26 @@ def plot(rows: list[dict], sweep: dict, out: Path) -> list[str]:
 
     written = []
     if rows:
-        keys = ["behaviour", *METHODS]
-        fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+        keys = ["behaviour", *methods]
+        fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(rows)), 4))
         width = 0.8 / len(keys)
         for k, key in enumerate(keys):
-            xs, ms, ss = [], [], []
+            xs, ms, es = [], [], []
             for i, row in enumerate(rows):
-                if row[key] is not None and len(row[key]):
-                    m, s = mean_std(row[key])
-                    xs.append(i + (k - (len(keys) - 1) / 2) * width)
-                    ms.append(m)
-                    ss.append(s)
-            ax.bar(xs, ms, width, yerr=ss, capsize=2, label=LABELS[key].split(" (")[0])
+                if key == "behaviour":
+                    m, e = float(normalise(row["refs"]["mean"], row["refs"])), 0.0
+                elif row[key] is not None and len(row[key]):
+                    m, _, se = stats(row[key])
+                    e = 2 * se
+                else:
+                    continue
+                xs.append(i + (k - (len(keys) - 1) / 2) * width)
+                ms.append(m)
+                es.append(e)
+            ax.bar(xs, ms, width, yerr=es, capsize=2, label=LABELS[key].split(" (")[0])
         ax.set_xticks(range(len(rows)), [r["dataset"] for r in rows], rotation=30, ha="right",
                       fontsize=8)
-        ax.set_ylabel("normalised return")
+        ax.set_ylabel("normalised return (final, mean ± 2σ)")
         ax.axhline(0, color="k", lw=0.5)
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -156,15 +191,42 @@ def plot(rows: list[dict], sweep: dict, out: Path) -> list[str]:
         fig.savefig(out / "results.png", dpi=110)
         plt.close(fig)
         written.append("results.png")
+    curved = [r for r in rows if r["dataset"].endswith(HEADLINE)
+              and any(r[f"{m}_curve"] for m in methods)]
+    if curved:
+        cols = min(4, len(curved))
+        nrows = -(-len(curved) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+        for ax, row in zip(axes.flat, curved):
+            for m in methods:
+                curves = row[f"{m}_curve"]
+                if not curves:
+                    continue
+                steps = sorted({s for c in curves for s, _ in c})
+                mean = [np.mean([dict(c)[s] for c in curves if s in dict(c)]) for s in steps]
+                ax.plot(steps, normalise(mean, row["refs"]), marker=".", lw=1.2,
+                        label=LABELS[m])
+            ax.axhline(float(normalise(row["refs"]["mean"], row["refs"])), color="k", ls="--",
+                       lw=0.8, label="data")
+            ax.set_title(row["dataset"], fontsize=9)
+            ax.set_xlabel("policy step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(curved):]:
+            ax.axis("off")
+        axes.flat[0].set_ylabel("normalised return (mean over seeds)")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "curves.png", dpi=110)
+        plt.close(fig)
+        written.append("curves.png")
     if sweep:
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
         for d, pts in sweep.items():
             ws = list(pts)
-            ms = [mean_std(pts[w])[0] for w in ws]
-            ss = [mean_std(pts[w])[1] for w in ws]
-            ax.errorbar(ws, ms, yerr=ss, marker="o", capsize=3, label=d)
+            ax.errorbar(ws, [stats(pts[w])[0] for w in ws],
+                        yerr=[2 * stats(pts[w])[2] for w in ws], marker="o", capsize=3, label=d)
         ax.set_xlabel("guidance scale")
-        ax.set_ylabel("normalised return (VGM²P)")
+        ax.set_ylabel("normalised return (VGM²P, ± 2σ)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -174,57 +236,71 @@ def plot(rows: list[dict], sweep: dict, out: Path) -> list[str]:
     return written
 
 
-def render(rows: list[dict], sweep: dict, seeds: int, plots: list[str], preamble: str,
-           cards: str) -> str:
+def render(rows: list[dict], sweep: dict, methods: list[str], seeds: int, plots: list[str],
+           preamble: str, cards: str) -> str:
     """RESULTS.md; ``cards`` is the cards folder relative to it (for the dataset links)."""
     lines = ["# Learning results", "", preamble.strip(), "",
-             "Normalised return `100 (R - R_random) / (R_expert - R_random)`, mean ± std over "
-             f"{seeds} training seeds (each evaluated on its own episodes); the behaviour "
-             "column is mean ± std over the dataset's episodes. References per dataset are in "
-             "its card.", ""]
-    head = ["dataset", *(LABELS[k] for k in ("behaviour", *METHODS)), "steps",
-            "train s/run (VGM²P / MF-BC / FM-BC)", "VGM²P ≥ data", "VGM²P − MF-BC > std"]
+             "Cells: normalised final return `100 (R - R_random) / (R_expert - R_random)` as "
+             f"mean ± 2σ over {seeds} training seeds (σ = sd / √n), the seed sd, then `·` the "
+             "raw return mean. Behaviour: the dataset's episodes (mean, sd over episodes). "
+             "References per dataset are in its card.", ""]
+    head = ["dataset", LABELS["behaviour"], *(LABELS[m] for m in methods), "steps"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        steps = sorted({s for m in METHODS for s in row[f"{m}_steps"]})
-        times = " / ".join("—" if row[f"{m}_time"] is None else f"{row[f'{m}_time']:.0f}"
-                           for m in METHODS)
+        refs = row["refs"]
+        steps = sorted({s for m in methods for s in row[f"{m}_steps"]})
+        data = (f"{float(normalise(refs['mean'], refs)):.1f} (sd "
+                f"{100 * refs['std'] / (refs['expert'] - refs['random']):.1f}) · "
+                f"{refs['mean']:.4g}")
         card = f"[{row['dataset']}]({cards}/{row['dataset']}.md)"
-        lines.append("| " + " | ".join([card, cell(row["behaviour"], 0),
-                                         *(cell(row[m], seeds) for m in METHODS),
-                                         ", ".join(map(str, steps)) or "—", times,
-                                         *verdicts(row, seeds)]) + " |")
-    judged = [(r["dataset"], *verdicts(r, seeds)) for r in rows]
-    judged = [j for j in judged if j[1] != "—"]
+        lines.append("| " + " | ".join([card, data, *(cell(row[m], row[f"{m}_raw"], seeds)
+                                                        for m in methods),
+                                         ", ".join(map(str, steps)) or "—"]) + " |")
+    judged = [(r["dataset"], v) for r in rows if (v := verdicts(r, seeds, methods))]
     if judged:
-        above = [d for d, first, _ in judged if first == "yes"]
-        over = [d for d, _, second in judged if second.startswith("yes")]
-        lines += ["", f"Against the target: VGM²P ≥ the behaviour mean on {len(above)} of "
-                  f"{len(judged)} datasets ({', '.join(above) or 'none'}); above MeanFlow-BC "
-                  f"by more than the larger seed std on {len(over)} of {len(judged)} "
-                  f"({', '.join(over) or 'none'}); rows with fewer seeds are not judged."]
-        # the issue asks for the margin over MeanFlow-BC on the medium and medium-replay sets
-        aimed = [d for d, _, _ in judged if d.endswith(("-medium", "-medium-replay"))]
+        keys = list(judged[0][1])
+        lines += ["", "## Targets (VGM²P)", "", "| dataset | " + " | ".join(keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        lines += [f"| {d} | " + " | ".join(v[k] for k in keys) + " |" for d, v in judged]
+        aimed = [(d, v) for d, v in judged if d.endswith(HEADLINE)]
         if aimed:
-            hit = [d for d in aimed if d in over]
-            lines[-1] += (f" On the medium and medium-replay datasets, where the target asks "
-                          f"for that margin: {len(hit)} of {len(aimed)}.")
-    smax = [r for r in rows if r["dataset"].startswith("smax")]
+            counts = ", ".join(f"{k}: {sum(v[k].startswith('yes') for _, v in aimed)} of "
+                               f"{len(aimed)}" for k in keys)
+            lines += ["", f"On the medium and medium-replay rows: {counts}. Rows without "
+                      "every seed of every method are not judged."]
+    smax = [r for r in rows if any(r[f"{m}_win"] is not None for m in methods)]
     if smax:
-        lines += ["", "SMAX win rates (mean over seeds and evaluation episodes):", "",
-                  "| dataset | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-                  "|---|" + "---|" * len(METHODS)]
-        for r in smax:
-            lines.append(f"| {r['dataset']} | " + " | ".join(
-                "—" if r[f"{m}_win"] is None else f"{100 * r[f'{m}_win']:.0f}%"
-                for m in METHODS) + " |")
+        lines += ["", "Win rates (mean over seeds and evaluation episodes):", "",
+                  "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        lines += [f"| {r['dataset']} | " + " | ".join(
+            "—" if r[f"{m}_win"] is None else f"{100 * r[f'{m}_win']:.0f}%" for m in methods)
+            + " |" for r in smax]
+    times = [r for r in rows if any(r[f"{m}_time"] for m in methods)]
+    if times:
+        lines += ["", "Training time per run (s, one CPU thread; mean over seeds):", "",
+                  "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
+                  "|---|" + "---|" * len(methods)]
+        lines += [f"| {r['dataset']} | " + " | ".join(
+            "—" if r[f"{m}_time"] is None else f"{r[f'{m}_time']:.0f}" for m in methods)
+            + " |" for r in times]
     if sweep:
         ws = sorted({w for pts in sweep.values() for w in pts})
-        lines += ["", "## Guidance-scale sweep (VGM²P, normalised return)", "",
-                  "| dataset | " + " | ".join(f"w = {w:g}" for w in ws) + " |",
-                  "|---|" + "---|" * len(ws)]
+        lines += ["", "## Guidance-scale sweep (VGM²P, normalised return, change from the "
+                  "default scale)", "", "| dataset | " + " | ".join(f"w = {w:g}" for w in ws)
+                  + " |", "|---|" + "---|" * len(ws)]
         for d, pts in sweep.items():
-            lines.append(f"| {d} | " + " | ".join(cell(pts.get(w), seeds) for w in ws) + " |")
+            base = stats(pts[2.0])[0] if 2.0 in pts else None
+            cells = []
+            for w in ws:
+                if w not in pts:
+                    cells.append("—")
+                    continue
+                m, _, se = stats(pts[w])
+                rel = "" if base is None or w == 2.0 or base == 0 else \
+                    f" ({100 * (m - base) / abs(base):+.0f}%)"
+                cells.append(f"{m:.1f} ± {2 * se:.1f}{rel}")
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += [""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -233,18 +309,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", type=Path, default=CSV, help="the runs.csv of run.py")
     p.add_argument("--out", type=Path, default=HERE, help="folder of RESULTS.md and the PNGs")
-    p.add_argument("--seeds", type=int, default=3, help="seeds a complete cell has")
+    p.add_argument("--seeds", type=int, default=5, help="seeds a complete cell has")
     p.add_argument("--preamble", type=Path, default=HERE / "preamble.md",
                    help="markdown put under the title (budget, machine), if it exists")
+    p.add_argument("--json", type=Path, default=None, help="also write the verdicts as JSON")
     a = p.parse_args(argv)
-    rows, sweep = collect(a.csv, a.seeds)
+    rows, sweep, methods = collect(a.csv)
     if not rows and not sweep:
         p.error(f"--csv: no finished run in {a.csv}")
     a.out.mkdir(parents=True, exist_ok=True)
-    plots = plot(rows, sweep, a.out)
+    plots = plot(rows, sweep, methods, a.out)
     preamble = a.preamble.read_text() if a.preamble.exists() else ""
     cards = os.path.relpath(CARDS, a.out.resolve())
-    (a.out / "RESULTS.md").write_text(render(rows, sweep, a.seeds, plots, preamble, cards))
+    (a.out / "RESULTS.md").write_text(render(rows, sweep, methods, a.seeds, plots, preamble,
+                                             cards))
+    if a.json:
+        a.json.write_text(json.dumps({r["dataset"]: verdicts(r, a.seeds, methods)
+                                      for r in rows}, indent=1))
     print(f"wrote {a.out / 'RESULTS.md'} and {', '.join(plots)} ({len(rows)} datasets)")
     return 0
 

@@ -2,7 +2,7 @@
 
 Every run is one ``vgm2p train`` process writing to its own directory
 ``table-runs/<dataset>/<method>/seed<k>/`` (``vgm2p-g<W>`` for the sweep's scales; not in git);
-a run whose ``summary.json`` exists is skipped, one with a ``checkpoint.pt`` is resumed, so the
+a run whose ``summary.json`` exists is skipped, one with a checkpoint is resumed, so the
 script can be stopped and re-run at any time. When a run finishes (or is found finished), its
 row of ``runs.csv`` is written or refreshed: one row per (dataset, method, seed) with the
 summary's numbers, the config, the code commit and repo-relative paths. That file is what git
@@ -10,12 +10,15 @@ keeps and what ``make_table.py`` turns into ``RESULTS.md`` and the plots. ``--cs
 the default is ``benchmarks/results/runs.csv`` for the default ``--runs`` and
 ``<runs>/runs.csv`` for any other.
 
-Methods (all the same network, data, budget and evaluation):
+Methods (all the same network widths, data, budget and evaluation) are the trainer's presets,
+``vgm2p train --method NAME`` (``vgm2p_fast.train.METHODS``):
 
-- ``vgm2p``: ``--condition binary`` (VGM²P: CFG on the sign of the GAE advantage).
-- ``meanflow-bc``: ``--condition none`` (the same MeanFlow policy without value guidance).
-- ``fm-bc``: ``--policy-loss flow_matching --condition none --eval-steps 10`` (a plain
-  flow-matching behaviour-cloning policy, sampled in 10 Euler steps).
+- ``vgm2p``: CFG MeanFlow on the sign of the GAE advantage (VGM²P).
+- ``meanflow-bc``: the same MeanFlow policy without value guidance.
+- ``fm-bc``: a flow-matching behaviour-cloning policy, sampled in 10 Euler steps.
+- ``mlp-bc``: a deterministic MLP behaviour cloner (squared error; cross-entropy over the
+  available actions for discrete actions): the simplest baseline.
+- ``awfm``: advantage-weighted flow-matching BC (weights ``exp(A / (beta std A))``, clipped).
 
     python benchmarks/results/run.py --table --sweep --jobs 2     # what RESULTS.md shows
     python benchmarks/results/run.py --datasets halfcheetah-2x3-medium --methods vgm2p \\
@@ -50,18 +53,16 @@ CSV = HERE / "runs.csv"
 # tracked files had uncommitted changes) and paths relative to the repository root.
 COLUMNS = ["dataset", "method", "seed", "steps", "iterations", "eval_episodes",
            "eval_return_mean", "eval_return_std", "eval_win_rate", "eval_returns",
-           "dataset_return_mean", "train_time_s", "samples_per_s", "world_size", "guidance",
-           "env", "dataset_file", "run_dir", "commit", "config"]
+           "eval_normalised", "dataset_return_mean", "dataset_return_std", "ref_random",
+           "ref_expert", "eval_curve", "train_time_s", "samples_per_s", "world_size",
+           "guidance", "env", "dataset_file", "run_dir", "commit", "config"]
 _CSV_LOCK = threading.Lock()
 
-METHODS: dict[str, list[str]] = {
-    "vgm2p": ["--condition", "binary"],
-    "meanflow-bc": ["--condition", "none"],
-    "fm-bc": ["--policy-loss", "flow_matching", "--condition", "none", "--eval-steps", "10"],
-}
+METHODS = ("vgm2p", "meanflow-bc", "fm-bc", "mlp-bc", "awfm")   # vgm2p_fast.train.METHODS
 # The table: the smallest useful set first (runs go in this order, so a cut-short run of the
 # script still fills whole rows).
-TABLE_DATASETS = ["halfcheetah-2x3-medium", "halfcheetah-2x3-medium-replay",
+TABLE_DATASETS = ["hopper-3x1-medium", "hopper-3x1-medium-replay", "hopper-3x1-expert",
+                  "halfcheetah-2x3-medium", "halfcheetah-2x3-medium-replay",
                   "halfcheetah-2x3-expert", "halfcheetah-2x3-medium-expert",
                   "smax-3m-medium", "smax-3m-poor", "smax-3m-good",
                   "halfcheetah-6x1-medium", "halfcheetah-6x1-medium-replay",
@@ -81,9 +82,9 @@ def dataset_arg(name: str) -> str:
 def method_args(method: str) -> list[str]:
     """CLI options of a method name: a METHODS key, or ``vgm2p-g<W>`` (guidance W)."""
     if method in METHODS:
-        return METHODS[method]
+        return ["--method", method]
     if method.startswith("vgm2p-g"):
-        return METHODS["vgm2p"] + ["--guidance", method.removeprefix("vgm2p-g")]
+        return ["--method", "vgm2p", "--guidance-scale", method.removeprefix("vgm2p-g")]
     raise ValueError(f"method: expected one of {sorted(METHODS)} or vgm2p-g<W>, found "
                      f"{method!r}")
 
@@ -92,7 +93,7 @@ def sweep_method(w: float) -> str:
     """The run name of guidance ``w``: the table's ``vgm2p`` runs at the default scale."""
     from vgm2p_fast.train import TrainConfig  # here: make_table.py needs none of the package
 
-    return "vgm2p" if w == TrainConfig.guidance else f"vgm2p-g{w:g}"
+    return "vgm2p" if w == TrainConfig.guidance_scale else f"vgm2p-g{w:g}"
 
 
 def repo_relative(path: str | Path) -> str:
@@ -122,8 +123,12 @@ def csv_row(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, st
     cfg = {k: v for k, v in s["config"].items() if k not in ("dataset", "out")}
     commit = run_dir / "commit.txt"
     row = {k: s.get(k, "") for k in COLUMNS}
+    refs = s.get("references") or ("", "")
     row.update(dataset=dataset, method=method, seed=seed,
                eval_returns=" ".join(map(repr, s.get("eval_returns", []))),
+               ref_random=refs[0], ref_expert=refs[1],
+               eval_curve=" ".join(f"{c['policy_step']}:{c['eval_return_mean']!r}"
+                                   for c in s.get("eval_curve", [])),
                guidance=cfg.get("guidance", cfg.get("guidance_scale", "")),
                dataset_file=repo_relative(s["dataset"]), run_dir=repo_relative(run_dir),
                commit=commit.read_text().strip() if commit.exists() else "",
@@ -174,7 +179,7 @@ def run_one(runs: Path, dataset: str, method: str, seed: int, *, train_args: lis
         upsert_row(table, csv_row(out, dataset, method, seed))
         return f"done already  {out}"
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "checkpoint.pt").exists():
+    if any(out.glob("checkpoint-*.pt")):
         cmd = [*vgm2p, "train", "--resume", str(out), "--quiet"]
         old = (out / "commit.txt").read_text().split() if (out / "commit.txt").exists() else []
         if commit not in old:               # a resumed run names every commit it ran at
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"instead of {list(METHODS)} (also vgm2p-g<W>)")
     p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
-    p.add_argument("--steps", type=int, default=3000, help="policy gradient steps per run")
+    p.add_argument("--steps", type=int, default=None,
+                   help="policy gradient steps per run (default: the trainer's default budget)")
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--runs", type=Path, default=RUNS, help="root of the run directories")
     p.add_argument("--csv", type=Path, default=None,
@@ -231,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         p.error("nothing to run: give --table, --sweep, --datasets or --methods")
     todo = list(dict.fromkeys(todo))     # the sweep's default scale is the table's vgm2p run
-    train_args = ["--steps", str(a.steps), "--eval-episodes", str(a.eval_episodes), *extra]
+    train_args = [*(["--steps", str(a.steps)] if a.steps else []), "--eval-episodes",
+                  str(a.eval_episodes), *extra]
     exe = shutil.which("vgm2p")
     vgm2p = [exe] if exe else [sys.executable, "-m", "vgm2p_fast.cli"]
     print(f"{len(todo)} runs, {a.jobs} at a time, `vgm2p train {' '.join(train_args)}`",

@@ -66,7 +66,8 @@ def evaluate_policy(policy: MeanFlowPolicy | MLPPolicy, env: str, episodes: int,
 
 class Evaluator:
     """The periodic evaluations of a run: whether they can run (and why not), the references
-    for normalised scores, and one ``record`` per evaluation for metrics.jsonl."""
+    for normalised scores (``refs``: (random, expert) or None), the dataset's episode-return
+    mean and std, and one ``record`` per evaluation for metrics.jsonl."""
 
     def __init__(self, ds: OfflineDataset, env: str, episodes: int, seed: int, *,
                  test_guidance: float, n_steps: int, sampler: str, noise: str) -> None:
@@ -74,7 +75,9 @@ class Evaluator:
         self.kw = {"test_guidance": test_guidance, "n_steps": n_steps, "sampler": sampler,
                    "noise": noise}
         self.refs = references(ds)
-        self.dataset_mean = float(ds.episode_returns().mean())
+        returns = ds.episode_returns().double()
+        self.dataset_mean = float(returns.mean())
+        self.dataset_std = float(returns.std(correction=0))
         if episodes == 0:
             self.enabled, self.reason = False, "evaluation skipped: --eval-episodes 0"
         else:

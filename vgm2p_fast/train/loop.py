@@ -255,6 +255,8 @@ class _Run:
     def _begin(self) -> None:
         """config.json, the start line, and (``overwrite``) the old run's files removed."""
         cfg, out, ev = self.cfg, self.out, self.evaluator
+        if self.state is not None:
+            runs.set_aside_newer(out, self.start)
         if self.overwrite and self.state is None:
             for old in [*runs.checkpoints(out), out / "metrics.jsonl", out / "summary.json",
                         out / "policy.pt"]:
@@ -394,7 +396,8 @@ class _Run:
             "world_size": self.world,
             "samples_per_s": policy_rows / max(self.policy_time, 1e-9),
             "train_time_s": self.train_time, "config": dataclasses.asdict(cfg),
-            "dataset_return_mean": ev.dataset_mean,
+            "dataset_return_mean": ev.dataset_mean, "dataset_return_std": ev.dataset_std,
+            "dataset_episodes": self.ds.n_episodes, "references": ev.refs,
         }
         if self.distributed:
             summary["ddp_max_weight_divergence"] = _divergence(self.policy)
