@@ -77,7 +77,8 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     assert f"| {want:.1f} ± 0.0 (sd 0.0) · " in row, row
     header = next(ln for ln in text.splitlines() if ln.startswith("| dataset | behaviour"))
     assert "VGM²P" in header and "MLP-BC" not in header   # only the methods that ran
-    sweep = next(ln for ln in text.splitlines() if ln.startswith("| halfcheetah-2x3-small |"))
+    after = text.split("## Guidance-scale sweep", 1)[1]
+    sweep = next(ln for ln in after.splitlines() if ln.startswith("| halfcheetah-2x3-small |"))
     g3 = 100 * (summaries["vgm2p-g3"]["eval_return_mean"] - lo) / (hi - lo)
     assert re.search(rf"\| {want:.1f} ± 0\.0 \| {g3:.1f} ± 0\.0 \([+-]\d+%\) \|", sweep), sweep
     assert "w = 2 | w = 3" in text
