@@ -333,3 +333,32 @@ def test_cuda_matches_cpu(shape):
 
 def test_public_api_name():
     assert vf.ops.gae is gae
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="streams and CUDA graphs need a CUDA "
+                    "device")
+def test_cuda_kernel_on_a_side_stream_and_in_a_cuda_graph():
+    """The extension launches on torch's current stream (a side stream's earlier writes are
+    seen) and is capturable: a replay reads rewards written in place."""
+    ok, why = backends.ext_status("gae", torch.device("cuda"))
+    if not ok:
+        pytest.fail(why)
+    args = [x.cuda() for x in make((64, 300), p_done=1e-2)]
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(10_000_000)  # ~5 ms before the inputs are written on this stream
+        r = args[0] * 2
+        got = gae(r, *args[1:], GAMMA, LAM, backend="ext")[0]
+    torch.cuda.current_stream().wait_stream(side)
+    want = gae(*(x.cpu() for x in (r, *args[1:])), GAMMA, LAM, backend="torch")[0]
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-5)
+    graph = torch.cuda.CUDAGraph()
+    gae(*args, GAMMA, LAM, backend="ext")  # warm-up outside the capture
+    with torch.cuda.graph(graph):
+        out = gae(*args, GAMMA, LAM, backend="ext")[0]
+    args[0].mul_(-1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = gae(*(x.cpu() for x in args), GAMMA, LAM, backend="torch")[0]
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-5, atol=1e-5)

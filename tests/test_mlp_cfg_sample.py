@@ -308,3 +308,58 @@ def test_policy_act_takes_the_one_launch_path_when_it_fits(monkeypatch):
         torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
         # the small batch adds the one-launch call, the large one (65 rows) does not
         assert len(calls) == 1, (batch, len(calls))
+
+
+# ---------------------------------------------------------------- CUDA-only paths
+def _graphed(fn):
+    """``fn`` captured in a CUDA graph after a warm-up on a side stream (Triton compiles on the
+    first call, which a capture must not see): returns (graph, the graph's output tensor)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; "
+                    "the interpreter cannot capture one")
+def test_cuda_graph_capture_and_replay_of_the_one_launch_step():
+    """Decentralised execution replays a captured step: the kernel's scratch comes from the
+    graph's pool and the replay reads the new noise written in place."""
+    ws, bs = _layers(None)
+    pack = pack_mlp([w.cuda() for w in ws], [b.cuda() for b in bs])
+    x, z, kw = _to("cuda", *_case(None, 6, True, False))
+
+    def step():
+        return mlp_cfg_sample(x, pack, z, guided=True, guidance=2.0, **kw, backend="triton")
+
+    graph, out = _graphed(step)
+    z.copy_(torch.randn_like(z))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, mlp_cfg_sample(x, pack, z, guided=True, guidance=2.0, **kw,
+                                                   backend="torch"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="streams need a CUDA device")
+def test_cuda_kernel_runs_on_the_current_stream():
+    """On a side stream the launch is ordered after the side stream's own writes (the kernel
+    takes torch's current stream, not the default one)."""
+    ws, bs = _layers(None)
+    pack = pack_mlp([w.cuda() for w in ws], [b.cuda() for b in bs])
+    x, z, kw = _to("cuda", *_case(None, 6, False, False))
+    want = mlp_cfg_sample(x, pack, z, **kw, backend="torch")
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(10_000_000)  # ~5 ms on the side stream before z is written
+        z2 = z.clone()
+        got = mlp_cfg_sample(x, pack, z2, **kw, backend="triton")
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
