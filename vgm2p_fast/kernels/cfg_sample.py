@@ -13,7 +13,7 @@ against ~5 torch launches (lerp, sub, clamp, rescale mul/add; masked_fill + argm
 discrete). Estimates from byte counts, not measurements.
 
 ``mlp_cfg_sample`` (``kernels/mlp_cfg_sample.py``) runs the whole policy MLP and then this
-step (``_guided_step`` and ``_decode_store`` below) in one launch.
+step (``_sampling.guided_step`` and ``_sampling.decode_store``) in one launch.
 """
 
 from __future__ import annotations
@@ -31,39 +31,7 @@ from ._common import (
     no_derivative,
     row_blocks,
 )
-
-
-@triton.jit
-def _guided_step(z, u_c, u_n, w, step, HAS_NULL: tl.constexpr):
-    """z - step (u_null + w (u_c - u_null)) (u = u_c without a null input)."""
-    if HAS_NULL:
-        u_c = u_n + w * (u_c - u_n)
-    return z - step * u_c
-
-
-@triton.jit
-def _decode_store(x, rows, cols, d0, r_ok, ok, out_ptr, low_ptr, high_ptr, avail_ptr, D,
-                  best, best_i, HAS_BOUNDS: tl.constexpr, DISCRETE: tl.constexpr):
-    """Continuous: clip, rescale and store one chunk. Discrete: fold the chunk into the running
-    (best, best_i) of each row; the caller stores best_i after the last chunk."""
-    if DISCRETE:
-        offs = rows[:, None].to(tl.int64) * D + d0 + cols[None, :]
-        avail = tl.load(avail_ptr + offs, mask=ok, other=0) != 0
-        x = tl.where(avail & ok, x, float("-inf"))
-        v, i = tl.max(x, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = v > best  # strict: an earlier chunk keeps ties, like torch.argmax
-        best_i = tl.where(better | (best_i < 0), i + d0, best_i)
-        best = tl.where(better, v, best)
-    else:
-        x = tl.minimum(tl.maximum(x, -1.0), 1.0)
-        if HAS_BOUNDS:
-            c_ok = (d0 + cols) < D
-            lo = tl.load(low_ptr + d0 + cols, mask=c_ok, other=0.0).to(x.dtype)
-            hi = tl.load(high_ptr + d0 + cols, mask=c_ok, other=0.0).to(x.dtype)
-            x = lo[None, :] + (x + 1.0) * (0.5 * (hi - lo))[None, :]
-        offs = rows[:, None].to(tl.int64) * D + d0 + cols[None, :]
-        tl.store(out_ptr + offs, x.to(out_ptr.dtype.element_ty), mask=ok)
-    return best, best_i
+from ._sampling import decode_store, empty_actions, guided_step
 
 
 @triton.jit
@@ -83,18 +51,11 @@ def _kernel(z_ptr, uc_ptr, un_ptr, low_ptr, high_ptr, avail_ptr, out_ptr, R, D, 
         u_n = u_c
         if HAS_NULL:
             u_n = tl.load(un_ptr + offs, mask=ok, other=0.0).to(ACC)
-        x = _guided_step(z, u_c, u_n, w, step, HAS_NULL)
-        best, best_i = _decode_store(x, rows, cols, d0, r_ok, ok, out_ptr, low_ptr, high_ptr,
-                                     avail_ptr, D, best, best_i, HAS_BOUNDS, DISCRETE)
+        x = guided_step(z, u_c, u_n, w, step, HAS_NULL)
+        best, best_i = decode_store(x, rows, cols, d0, r_ok, ok, out_ptr, low_ptr, high_ptr,
+                                    avail_ptr, D, best, best_i, HAS_BOUNDS, DISCRETE)
     if DISCRETE:
         tl.store(out_ptr + rows, best_i.to(tl.int64), mask=r_ok)
-
-
-def _out(z: torch.Tensor, discrete: bool) -> torch.Tensor:
-    """The empty actions tensor (shared by the op and its fake kernel)."""
-    if discrete:
-        return torch.empty(z.shape[:-1], dtype=torch.int64, device=z.device)
-    return torch.empty_like(z, memory_format=torch.contiguous_format)
 
 
 @triton_op("vgm2p_fast::triton_cfg_sample", mutates_args=())
@@ -105,7 +66,7 @@ def _cfg_sample_op(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor |
     z, u_cond = z.contiguous(), u_cond.contiguous()
     u_null = None if u_null is None else u_null.contiguous()
     avail = None if avail is None else avail.contiguous()
-    out = _out(z, discrete)
+    out = empty_actions(z, discrete)
     d = z.shape[-1]
     rows = z.numel() // d if d else 0
     if rows == 0:
@@ -122,7 +83,7 @@ def _cfg_sample_op(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor |
 
 @_cfg_sample_op.register_fake
 def _cfg_sample_fake(z, u_cond, u_null, guidance, step, low, high, avail, discrete):
-    return _out(z, discrete)
+    return empty_actions(z, discrete)
 
 
 def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | None = None,

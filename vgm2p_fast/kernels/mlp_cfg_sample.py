@@ -2,7 +2,7 @@
 for small batches (decentralised execution, B = a few agents per env step).
 
     h_0 = x      h_{l+1} = act(h_l W_l^T + b_l)      u = h_{L-1} W_{L-1}^T + b_{L-1}
-    then the guided step and decoding of ``kernels/cfg_sample.py`` on (z, u_c, u_null)
+    then the guided step and decoding of ``kernels/_sampling.py`` on (z, u_c, u_null)
 
 One program per (agent group, BLOCK_M rows) runs every layer, keeping the activations in a small
 global scratch (L2-resident, ``BLOCK_M x width`` floats, reused across layers behind a CTA
@@ -29,7 +29,7 @@ from ._common import (
     mma,
     no_derivative,
 )
-from .cfg_sample import _decode_store, _guided_step, _out
+from ._sampling import decode_store, empty_actions, guided_step
 
 # BM = 16: tl.dot's smallest M. BK = 16 keeps the per-thread operand tiles small: the AOT
 # report of BK = 64 hit a 128-register cap of ptxas with 8-40 bytes of spills (float32, sm_80);
@@ -113,11 +113,11 @@ def _mlp_kernel(x_ptr, w_ptr, b_ptr, dims_ptr, scr_ptr, z_ptr, low_ptr, high_ptr
     rows = pid_g * M + offs_m
     ok = m_ok[:, None] & (cols < D)[None, :]
     z = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + cols[None, :], mask=ok, other=0.0)
-    x = _guided_step(z.to(ACC), u_c, u_n, w, step, GUIDED)
+    x = guided_step(z.to(ACC), u_c, u_n, w, step, GUIDED)
     best = tl.full((BM,), float("-inf"), dtype=ACC)
     best_i = tl.full((BM,), -1, dtype=tl.int32)
-    best, best_i = _decode_store(x, rows, cols, 0, m_ok, ok, out_ptr, low_ptr, high_ptr,
-                                 avail_ptr, D, best, best_i, HAS_BOUNDS, DISCRETE)
+    best, best_i = decode_store(x, rows, cols, 0, m_ok, ok, out_ptr, low_ptr, high_ptr,
+                                avail_ptr, D, best, best_i, HAS_BOUNDS, DISCRETE)
     if DISCRETE:
         tl.store(out_ptr + rows, best_i.to(tl.int64), mask=m_ok)
 
@@ -132,7 +132,7 @@ def _mlp_cfg_sample_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         x = x.contiguous()
     z = z.contiguous()
     avail = None if avail is None else avail.contiguous()
-    out = _out(z, discrete)
+    out = empty_actions(z, discrete)
     groups, n_layers, w_out, w_in = weight.shape
     m, d = z.shape[-2], z.shape[-1]
     if m == 0:
@@ -157,7 +157,7 @@ def _mlp_cfg_sample_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 @_mlp_cfg_sample_op.register_fake
 def _mlp_cfg_sample_fake(x, weight, bias, dims, z, activation, guided, guidance, step, low,
                          high, avail, discrete):
-    return _out(z, discrete)
+    return empty_actions(z, discrete)
 
 
 def mlp_cfg_sample(x: torch.Tensor, pack, z: torch.Tensor, activation: str = "silu",
