@@ -279,20 +279,21 @@ def test_triton_ops_under_inductor_on_cuda():
     torch.testing.assert_close(got, _fused_step(*args))
 
 
-@pytest.mark.parametrize("op", ["linear_jvp", "meanflow_target_loss", "cfg_sample"])
+@pytest.mark.parametrize("op", ["linear_jvp", "meanflow_target_loss", "cfg_sample",
+                                "mlp_cfg_sample"])
 def test_auto_picks_the_triton_kernels_on_cuda_only(op):
-    """What MeanFlowPolicy gets through _backend.implementation: the Triton kernel for CUDA
+    """What the policy gets through backends.implementation: the Triton kernel for CUDA
     tensors under ``auto``, the torch reference on CPU even with the interpreter available."""
     import importlib
 
-    from vgm2p_fast import _backend
+    from vgm2p_fast import backends
     from vgm2p_fast.ops import REGISTRY
 
     ref = object()
     kernel = getattr(importlib.import_module(f"vgm2p_fast.kernels.{op}"), op)
-    assert _backend.implementation(op, REGISTRY[op], torch.device("cuda"), None, ref) is kernel
-    assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), None, ref) is ref
-    assert _backend.implementation(op, REGISTRY[op], torch.device("cpu"), "triton", ref) is kernel
+    assert backends.implementation(op, REGISTRY[op], torch.device("cuda"), None, ref) is kernel
+    assert backends.implementation(op, REGISTRY[op], torch.device("cpu"), None, ref) is ref
+    assert backends.implementation(op, REGISTRY[op], torch.device("cpu"), "triton", ref) is kernel
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="about CPU tensors reaching the kernels")
@@ -303,12 +304,16 @@ def test_cpu_tensors_without_the_interpreter_get_a_clear_error(monkeypatch):
     from vgm2p_fast.kernels import _common
     from vgm2p_fast.kernels.cfg_sample import cfg_sample
     from vgm2p_fast.kernels.meanflow_target_loss import meanflow_target_loss
+    from vgm2p_fast.kernels.mlp_cfg_sample import mlp_cfg_sample
+    from vgm2p_fast.ops import pack_mlp
 
     monkeypatch.setattr(_common, "INTERPRET", False)
     x = torch.zeros(2, 3)
+    pack = pack_mlp([torch.zeros(4, 3), torch.zeros(3, 4)], [torch.zeros(4), torch.zeros(3)])
     calls = [lambda: linear_jvp(x, torch.zeros(4, 3), backend="triton"),
              lambda: meanflow_target_loss(x, x, x, torch.zeros(2), torch.zeros(2)),
-             lambda: cfg_sample(x, x)]
+             lambda: cfg_sample(x, x),
+             lambda: mlp_cfg_sample(x, pack, x)]
     for call in calls:
         with pytest.raises(BackendUnavailableError, match="set TRITON_INTERPRET=1 before"):
             call()
