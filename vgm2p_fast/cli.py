@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
@@ -57,8 +58,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Usage errors of ``parser`` and its subcommands as one line ``vgm2p: error: <command>:
+    <message>`` (exit 2), like every other user error, not the whole usage text."""
+    command = parser.prog.partition(" ")[2]
+
+    def error(message: str) -> NoReturn:
+        where = f"{command}: " if command else ""
+        parser.exit(2, f"vgm2p: error: {where}{message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_line_errors(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _one_line_errors(parser)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, OSError, ImportError, BackendUnavailableError,

@@ -54,7 +54,9 @@ class MetricsLogger:
 
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         if self.enabled and self.tb is not None and bool(torch.isfinite(values).all()):
-            self.tb.add_histogram(tag, values.float().cpu(), step)
+            # fixed bins over the data's range: TensorBoard's default bins end at 1e20 and
+            # leave the histogram of larger advantages empty (an error)
+            self.tb.add_histogram(tag, values.float().cpu(), step, bins=64)
 
     def close(self) -> None:
         if self.tb is not None:

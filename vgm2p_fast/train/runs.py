@@ -100,12 +100,20 @@ def checkpoints(out: Path) -> list[Path]:
 
 def save_checkpoint(out: Path, state: dict[str, Any], keep: int) -> Path:
     """Write ``checkpoint-<iteration>.pt`` atomically, read it back, then drop all but the
-    newest ``keep``. Raises OSError if the file read back differs (a full disk, say)."""
+    newest ``keep``. A file that does not read back as the one written (a full disk, bad
+    storage) is removed, so the previous checkpoint stays the newest, and OSError names it."""
     path = out / f"checkpoint-{state['iteration']}.pt"
     atomic_write(path, lambda f: torch.save(state, f))
-    back = torch.load(path, map_location="cpu", weights_only=False)
-    if back.get("iteration") != state["iteration"]:
-        raise OSError(f"{path}: the checkpoint read back is not the one written")
+    try:
+        back = torch.load(path, map_location="cpu", weights_only=False)
+        ok = isinstance(back, dict) and back.get("iteration") == state["iteration"]
+        why = "another iteration"
+    except Exception as exc:  # torch's zip reader raises RuntimeError/EOFError/...
+        ok, why = False, _reason(exc)
+    if not ok:
+        path.unlink(missing_ok=True)
+        raise OSError(f"{path}: the checkpoint read back is not the one written ({why}); "
+                      f"removed it, the newest checkpoint is the previous one")
     for old in checkpoints(out)[:-keep]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
@@ -113,8 +121,9 @@ def save_checkpoint(out: Path, state: dict[str, Any], keep: int) -> Path:
 
 
 def latest_checkpoint(out: Path, device: torch.device) -> dict[str, Any]:
-    """The newest checkpoint that loads, falling back to older ones with a warning on stderr;
-    FileNotFoundError when none is there, ValueError when none loads."""
+    """The newest checkpoint that loads, falling back to older ones with a warning on stderr
+    per unreadable newer one; FileNotFoundError when none is there, ValueError (one line
+    naming each file, no warnings) when none loads."""
     found = checkpoints(out)
     if not found:
         raise FileNotFoundError(f"resume: no checkpoint-<iteration>.pt in {out}; start "
@@ -126,13 +135,30 @@ def latest_checkpoint(out: Path, device: torch.device) -> dict[str, Any]:
             if not isinstance(state, dict) or "iteration" not in state:
                 raise ValueError("not a vgm2p checkpoint")
         except Exception as exc:  # torch's zip reader raises RuntimeError/EOFError/...
-            errors.append(f"{path.name}: {type(exc).__name__}")
-            print(f"vgm2p: warning: {path} is unreadable ({type(exc).__name__}: "
-                  f"{str(exc).splitlines()[0] if str(exc) else ''}); trying an older "
-                  f"checkpoint", file=sys.stderr)
+            errors.append((path, _reason(exc)))
             continue
+        for bad, why in errors:
+            print(f"vgm2p: warning: {bad} is unreadable ({why}); resuming from the older "
+                  f"{path.name}", file=sys.stderr)
         return state
-    raise ValueError(f"resume: every checkpoint in {out} is unreadable ({'; '.join(errors)})")
+    shown = "; ".join(f"{p.name}: {why}" for p, why in errors)
+    raise ValueError(f"resume: every checkpoint in {out} is unreadable ({shown}); start "
+                     f"again with --overwrite")
+
+
+def set_aside_newer(out: Path, iteration: int) -> None:
+    """Rename the checkpoints newer than the one resumed from (the unreadable ones
+    ``latest_checkpoint`` skipped) to ``*.unreadable``, so that the resumed run's checkpoints
+    replace them and keep-K never keeps a bad file in place of a good one."""
+    for path in checkpoints(out):
+        if int(_CKPT.match(path.name).group(1)) > iteration:
+            path.rename(path.with_name(path.name + ".unreadable"))
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first sentence of the message`` (torch's zip errors run to five sentences)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text.split('. ')[0][:160]}" if text else type(exc).__name__
 
 
 def check_resume(cfg: TrainConfig, saved: dict[str, Any], dataset_hash: str,
@@ -143,7 +169,7 @@ def check_resume(cfg: TrainConfig, saved: dict[str, Any], dataset_hash: str,
     differ = [k for k in now if k not in RESUMABLE and k in saved
               and _norm(now[k]) != _norm(saved[k])]
     if differ:
-        shown = ", ".join(f"{k} ({saved[k]!r} -> {now[k]!r})" for k in differ)
+        shown = ", ".join(f"{k} ({_norm(saved[k])!r} -> {_norm(now[k])!r})" for k in differ)
         raise ValueError(f"resume: options differ from the checkpoint's: {shown}; only "
                          f"{', '.join(RESUMABLE)} may change on resume")
     if saved_hash is not None and saved_hash != dataset_hash:
