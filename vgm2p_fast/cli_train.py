@@ -4,9 +4,12 @@ choices and defaults from its field metadata), config files, and the one-line su
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,26 @@ def config_file(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a table of options, found {type(data).__name__}")
     return data
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Whatever is written to stdout inside goes to stderr, at the file-descriptor level:
+    jaxmarl's import sets ``sys.stdout = sys.__stdout__`` (undoing any ``redirect_stdout``)
+    and then prints, so ``--json`` must move fd 1 itself to keep its JSON alone on stdout."""
+    sys.stdout.flush()
+    saved, saved_fd = sys.stdout, os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        for stream in (sys.stdout, sys.__stdout__):
+            if stream is not None:
+                stream.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -113,10 +136,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not env:
         raise ValueError("--env: the checkpoint does not record its environment; pass --env")
     sampler = meta.get("sampler", "meanflow" if meta.get("mean_velocity", True) else "euler")
-    res = evaluate_policy(policy, env, args.episodes, args.seed,
-                          args.test_guidance or meta.get("test_guidance", 1.0),
-                          args.steps or meta.get("eval_steps", 1), sampler,
-                          args.noise or meta.get("eval_noise", "sample"))
+    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+        res = evaluate_policy(policy, env, args.episodes, args.seed,
+                              args.test_guidance or meta.get("test_guidance", 1.0),
+                              args.steps or meta.get("eval_steps", 1), sampler,
+                              args.noise or meta.get("eval_noise", "sample"))
     if args.json:
         print(json.dumps(res))
     else:

@@ -31,6 +31,9 @@ METHODS: dict[str, dict[str, Any]] = {
              "eval_steps": 10},
 }
 
+# Largest learning rate whose AdamW step (lr / (1 - beta1) at step 1) is a float32.
+_MAX_LR = 1e37
+
 # Options a resumed run may change (they change neither shapes nor the math of a step);
 # every other one must equal the checkpoint's.
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
@@ -124,6 +127,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}: expected a finite number > 0, found {v}")
+        for name in ("lr", "value_lr"):  # AdamW's first step divides lr by 1 - beta1 = 0.1
+            if getattr(self, name) > _MAX_LR:
+                raise ValueError(f"{name}: expected a number in (0, {_MAX_LR:.0e}] (AdamW's "
+                                 f"step overflows float32 above), found {getattr(self, name)}")
         ranges = {"ema_decay": (0.0, 1.0, "[0, 1)"), "kappa": (0.0, 1.0, "[0, 1)"),
                   "cond_dropout": (0.0, 1.0, "[0, 1)"), "gamma": (0.0, 1.0 + 1e-12, "[0, 1]"),
                   "lam": (0.0, 1.0 + 1e-12, "[0, 1]"), "tau": (1e-12, 1.0, "(0, 1)"),

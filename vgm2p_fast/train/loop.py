@@ -278,6 +278,10 @@ class _Run:
         self.weights = _weights(self.adv, cfg) if cfg.weighting == "awr" else None
 
     def _checkpoint(self, done: int) -> None:
+        # a finite loss can still step to NaN weights (an overflowing gradient): never save them
+        weights = [p.detach().reshape(-1) for m in (self.objective, self.ema)
+                   for p in m.parameters()]
+        _finite_or_stop(torch.cat(weights), "the weights", done, self.out)
         gens = [self.gen.get_state()]
         if self.distributed:  # every rank's sampler state, so that all ranks resume exactly
             gens = [None] * self.world
