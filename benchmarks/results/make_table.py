@@ -268,22 +268,18 @@ def render(rows: list[dict], sweep: dict, methods: list[str], seeds: int, plots:
                                f"{len(aimed)}" for k in keys)
             lines += ["", f"On the medium and medium-replay rows: {counts}. Rows without "
                       "every seed of every method are not judged."]
-    smax = [r for r in rows if any(r[f"{m}_win"] is not None for m in methods)]
-    if smax:
-        lines += ["", "Win rates (mean over seeds and evaluation episodes):", "",
-                  "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
-                  "|---|" + "---|" * len(methods)]
-        lines += [f"| {r['dataset']} | " + " | ".join(
-            "—" if r[f"{m}_win"] is None else f"{100 * r[f'{m}_win']:.0f}%" for m in methods)
-            + " |" for r in smax]
-    times = [r for r in rows if any(r[f"{m}_time"] for m in methods)]
-    if times:
-        lines += ["", "Training time per run (s, one CPU thread; mean over seeds):", "",
-                  "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
-                  "|---|" + "---|" * len(methods)]
-        lines += [f"| {r['dataset']} | " + " | ".join(
-            "—" if r[f"{m}_time"] is None else f"{r[f'{m}_time']:.0f}" for m in methods)
-            + " |" for r in times]
+    for key, title, fmt in (
+            ("win", "Win rates (mean over seeds and evaluation episodes):",
+             lambda v: f"{100 * v:.0f}%"),
+            ("time", "Training time per run (s, one CPU thread; mean over seeds):",
+             lambda v: f"{v:.0f}")):
+        shown = [r for r in rows if any(r[f"{m}_{key}"] is not None for m in methods)]
+        if shown:
+            lines += ["", title, "", "| dataset | " + " | ".join(LABELS[m] for m in methods)
+                      + " |", "|---|" + "---|" * len(methods)]
+            lines += [f"| {r['dataset']} | " + " | ".join(
+                "—" if r[f"{m}_{key}"] is None else fmt(r[f"{m}_{key}"]) for m in methods)
+                + " |" for r in shown]
     if sweep:
         ws = sorted({w for pts in sweep.values() for w in pts})
         lines += ["", "## Guidance-scale sweep (VGM²P, normalised return, change from the "
