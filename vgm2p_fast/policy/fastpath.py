@@ -1,59 +1,108 @@
-"""Execution fast path: the first layer folded at constant times, and the one-launch act.
+"""Execution fast path: the first layer folded at constant times, the one-step act plan, and the
+one-launch act.
 
 When t and r are the same for every row (execution: t = 1, r = 0), every input column except
 ``z`` and ``obs`` is a constant per (token, agent): emb(t), emb(t - r), the one-hot id and the
 condition embedding. So with ``W = [W_z | W_t | W_h | W_o | W_id | W_c]``,
 
     pre = [z | obs] W_in^T + table[c, i],   W_in = [W_z | W_o / std],
-    table[c, i] = b + W_t emb(t) + W_h emb(t - r) - W_o (mean / std) + W_id[:, i]
-                  + W_c cond_embed[c]                                  (n_tokens + 1, N, H)
+    table[c, i] = bias[c] + W_id[:, i],
+    bias[c] = b + W_t emb(t) + W_h emb(t - r) - W_o (mean / std) + W_c cond_embed[c]
 
 and the first layer reads D + obs_dim columns instead of D + 2 E + obs_dim (+ N) + C (30 of 132
 with the benchmarks' sizes), with no embedding, concatenation or observation normalisation per
 call. Same math as ``VelocityNetwork._run``; float round-off differs (the sums are split).
 Per-agent weights fold the same way, with a leading N on ``W_in``.
 
-The fold is cached per (t, r), keyed on each source tensor's storage pointer and version
-counter: an optimiser step, ``load_state_dict``, ``.to()``, an EMA ``lerp_`` or any in-place
-edit bumps one, and the next call refolds (``tests/test_peers.py`` checks each). Writes through
-``param.data`` bypass version counters; call ``policy._exec_cache.clear()`` then.
+One-step acting with shared weights and torch layers (:func:`one_step`, the path of
+``policy(obs)``) goes further, so that it costs what a plain ``nn.Sequential`` of the same
+widths costs (``benchmarks/bench_act.py``):
+
+- the agent id re-enters as one-hot columns, ``pre = [z | obs | id] [W_in | W_id]^T + bias[c]``:
+  one ``addmm`` per layer, as ``nn.Linear`` does, instead of a matmul and a broadcast add of the
+  table (a second pass over the [B N, H] pre-activations: ~1 ms of ~45 at 1024 envs);
+- the last layer's bias folds into the decode: with ``y = z - h W_L^T`` (one ``addmm``,
+  ``alpha = -1``), ``x = y - b_L`` and ``a = mid + half clip(x, -1, 1) = mid' + half
+  clamp(y, b_L - 1, b_L + 1)``, ``mid' = (low + high) / 2 - half b_L``, ``half = (high - low)
+  / 2``: the decode is 2 ops (clamp, addcmul) instead of 5;
+- guidance: both halves share ``[z | obs | id] W^T`` (only ``bias[c]`` differs), so that
+  matmul runs once; by linearity of the last layer ``z - b_L - lerp(u_null, u_c, w) =
+  lerp(y_null, y_c, w) - b_L``;
+- hidden activations are computed in place into buffers reused across calls (per batch size,
+  thread and inference mode; at 1024 envs a fresh 6 MB output per layer cost 10-25% of the call
+  in ``/tmp`` measurements on the shared machine).
+
+Everything folded is cached, keyed on the storage pointer and version counter of each source
+tensor (:func:`cache_key`, 11 tensors, ~1 us): an optimiser step, ``load_state_dict``, ``.to()``,
+an EMA ``lerp_`` or any in-place edit bumps one, and the next call refolds
+(``tests/test_peers.py`` checks each). Writes through ``param.data`` bypass version counters;
+call ``policy._exec_cache.clear()`` then (it also drops the act plan).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 from .. import ops
+from .._checks import check_avail
+from ..backends import ENV_VAR
 from ..ops.linear_jvp import activation_fn
 from .network import VelocityNetwork
 
 EXEC_CACHE_SIZE = 512  # (t, r) pairs kept: a 200-step sampler uses 200
+BUFFER_SETS = 4  # (rows, thread, inference mode) buffer sets kept by the act plan
 
 
 def _sources(net: VelocityNetwork) -> tuple[torch.Tensor, ...]:
-    """Every tensor the folded first layer is computed from. Read straight from the module
-    dicts: ``net.weights[0]`` costs ~3 us of Python (ParameterList indexing), and this runs
-    on every ``act``, whose whole budget at one env is ~70 us."""
+    """Every tensor a folded layer or the act plan is computed from. Read straight from the
+    module dicts: ``net.weights[0]`` costs ~3 us of Python (ParameterList indexing), and this
+    runs on every ``act``, whose whole budget at one env is ~100 us."""
     mods, bufs = net._modules, net._buffers
-    return (mods["weights"]._parameters["0"], mods["biases"]._parameters["0"],
-            mods["cond_embed"]._parameters["weight"], bufs["obs_mean"], bufs["obs_std"],
-            bufs["freqs"], bufs["agent_ids"])
+    weights, biases = mods["weights"]._parameters, mods["biases"]._parameters
+    last = str(len(weights) - 1)
+    return (weights["0"], biases["0"], mods["cond_embed"]._parameters["weight"],
+            bufs["obs_mean"], bufs["obs_std"], bufs["freqs"], bufs["agent_ids"],
+            weights[last], biases[last], bufs["action_low"], bufs["action_high"])
 
 
-def fold(net: VelocityNetwork, t_val: float, r_val: float
-         ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W_in, table)`` of the first layer at constant (t, r) (module docstring); None for
-    parameters without version counters (inference tensors), which take the general path."""
+def cache_key(net: VelocityNetwork) -> tuple[int, ...] | None:
+    """Version counter and identity of every tensor of :func:`_sources`, and the first weight's
+    storage pointer (``.to()`` / ``.float()`` swap every parameter's storage at once, keeping
+    the objects and their versions); None for inference tensors (no version counter: nothing
+    to key on, so they take the general path). ~1.3 us; data_ptr() of all 11 cost ~2.4."""
     src = _sources(net)
     try:
-        key = tuple((x.data_ptr(), x._version) for x in src)
-    except RuntimeError:  # inference tensors have no version counter: nothing to key on
+        return (*[x._version for x in src], *map(id, src), src[0].data_ptr())
+    except RuntimeError:
+        return None
+
+
+class Folded(NamedTuple):
+    """The first layer at constant (t, r) (module docstring)."""
+
+    w_in: torch.Tensor   # (H, D + obs_dim) shared; (N, H, D + obs_dim) per agent
+    table: torch.Tensor  # (K + 1, N, H) shared; (N, K + 1, H) per agent
+    bias: torch.Tensor | None  # (K + 1, H) shared (table without W_id); None per agent
+
+
+def fold(net: VelocityNetwork, t_val: float, r_val: float,
+         key: tuple[int, ...] | None = None) -> Folded | None:
+    """The folded first layer at constant (t, r), cached per (t, r) under ``key``
+    (:func:`cache_key`, computed here when not given); None for inference tensors."""
+    key = cache_key(net) if key is None else key
+    if key is None:
         return None
     cache = net.__dict__.setdefault("_exec_cache", {})
     hit = cache.get((t_val, r_val))
     if hit is not None and hit[0] == key:
         return hit[1]
-    w, b = src[:2]
+    w, b = _sources(net)[:2]
     dtype, dev = w.dtype, w.device
     d, e, o = net.action_dim, net.time_dim, net.obs_dim
     t = torch.tensor(t_val, dtype=dtype, device=dev)
@@ -61,21 +110,20 @@ def fold(net: VelocityNetwork, t_val: float, r_val: float
     emb = torch.cat([net._time_embed(t, False)[0], net._time_embed(t - r, False)[0]])
     w_time, w_obs = w[..., d : d + 2 * e], w[..., d + 2 * e : d + 2 * e + o]
     std = net.obs_std.to(dtype)
-    shift = emb.unsqueeze(-1)
-    const = b + (w_time @ shift).squeeze(-1) - (w_obs @ (net.obs_mean.to(dtype) / std
-                                                         ).unsqueeze(-1)).squeeze(-1)
+    const = b + (w_time @ emb.unsqueeze(-1)).squeeze(-1) - (
+        w_obs @ (net.obs_mean.to(dtype) / std).unsqueeze(-1)).squeeze(-1)
     w_cond = w[..., w.shape[-1] - net.cond_embed.weight.shape[1] :]
     tokens = torch.matmul(net.cond_embed.weight.to(dtype), w_cond.transpose(-1, -2))
     if net.share_parameters:  # const (H,), tokens (K+1, H), ids (N, H)
-        ids = w[:, d + 2 * e + o : d + 2 * e + o + net.n_agents].t()
-        table = const + ids + tokens.unsqueeze(1)
+        bias = const + tokens
+        table = bias.unsqueeze(1) + w[:, d + 2 * e + o : d + 2 * e + o + net.n_agents].t()
     else:  # const (N, H), tokens (N, K+1, H)
-        table = const + tokens.transpose(0, 1)
-    w_in = torch.cat([w[..., :d], w_obs / std], dim=-1)
+        bias, table = None, const + tokens.transpose(0, 1)
+    folded = Folded(torch.cat([w[..., :d], w_obs / std], dim=-1), table, bias)
     if len(cache) >= EXEC_CACHE_SIZE:
         cache.clear()
-    cache[(t_val, r_val)] = (key, (w_in, table))
-    return w_in, table
+    cache[(t_val, r_val)] = (key, folded)
+    return folded
 
 
 def exec_velocity(net: VelocityNetwork, z: torch.Tensor, obs: torch.Tensor,
@@ -91,7 +139,7 @@ def exec_velocity(net: VelocityNetwork, z: torch.Tensor, obs: torch.Tensor,
     folded = fold(net, t_val, r_val)
     if folded is None:
         return None
-    w_in, table = folded
+    w_in, table = folded.w_in, folded.table
     x = torch.cat([z, obs], dim=-1)
     if isinstance(cond, int) and not guided and net.share_parameters and z.shape[0] == 1:
         # one env (decentralised execution): the bias rows are exactly table[cond], so the
@@ -117,32 +165,195 @@ def exec_velocity(net: VelocityNetwork, z: torch.Tensor, obs: torch.Tensor,
     return net._unlayout(h, z.shape[0])
 
 
+# ----------------------------------------------------------------------------- one-step plan
+class Plan(NamedTuple):
+    """What :func:`one_step` reads, folded once per weights (module docstring)."""
+
+    key: tuple[int, ...]
+    env: tuple[str | None, str | None]  # VGM2P_BACKEND, TRITON_INTERPRET it was resolved under
+    lean: bool  # shared weights and torch layers: :func:`one_step` applies
+    dtype: torch.dtype
+    device: torch.device
+    w_first_t: torch.Tensor  # (D + obs_dim + N, H): [W_z | W_o / std | W_id]^T
+    bias: tuple[torch.Tensor, ...]  # per token c: bias[c] (H,)
+    bias2: tuple[torch.Tensor, ...]  # per token c: [bias[c]; bias[null]] (2, 1, H)
+    lo: torch.Tensor  # (D,) b_L - 1
+    hi: torch.Tensor  # (D,) b_L + 1
+    mid: torch.Tensor  # (D,) or (N, D): (low + high) / 2 - half b_L
+    half: torch.Tensor  # (D,) or (N, D): (high - low) / 2
+    widths: tuple[int, ...]  # the hidden layers' widths
+    buffers: dict  # (rows, thread, inference mode) -> hidden-layer output buffers
+
+
+_ENV_KEYS = (ENV_VAR, "TRITON_INTERPRET")
+# os.environ's own dict and its keys (CPython: bytes on POSIX), to read the two variables in
+# ~0.1 us instead of ~1.4 us for two os.environ.get on every act call
+_ENV_CODED = (tuple(os.environ.encodekey(k) for k in _ENV_KEYS)
+              if hasattr(os.environ, "encodekey") else None)
+
+
+def _env() -> tuple:
+    """``VGM2P_BACKEND`` and ``TRITON_INTERPRET`` as the process sees them now (the backend the
+    plan resolved depends on them)."""
+    data = getattr(os.environ, "_data", None)
+    if data is None or _ENV_CODED is None:
+        return os.environ.get(_ENV_KEYS[0]), os.environ.get(_ENV_KEYS[1])
+    return data.get(_ENV_CODED[0]), data.get(_ENV_CODED[1])
+
+
+def plan(net: VelocityNetwork) -> Plan | None:
+    """The cached one-step plan of ``net`` (rebuilt when a source tensor or the backend
+    environment changed); None for inference tensors (general path)."""
+    key, env = cache_key(net), _env()
+    if key is None:
+        return None
+    cache = net.__dict__.setdefault("_exec_cache", {})  # clearing it drops the plan too
+    p = cache.get("plan")
+    if p is not None and p.key == key and p.env == env:
+        return p
+    folded = fold(net, 1.0, 0.0, key)
+    src = _sources(net)
+    w, b_last = src[0], src[8]
+    dtype, dev = w.dtype, w.device
+    lean = (net.share_parameters and
+            ops.resolved_backend("linear_jvp", dev, net._op_backend()) == "torch")
+    with torch.no_grad():
+        if net.share_parameters:
+            d, e, o = net.action_dim, net.time_dim, net.obs_dim
+            w_id = w[:, d + 2 * e + o : d + 2 * e + o + net.n_agents]
+            w_first_t = torch.cat([folded.w_in, w_id], 1).t().contiguous()
+            bias = tuple(folded.bias.unbind(0))
+            bias2 = tuple(torch.stack([c, bias[-1]]).unsqueeze(1) for c in bias)
+        else:  # per-agent weights act through exec_velocity; nothing of these is read
+            w_first_t, bias, bias2 = folded.w_in, (), ()
+        b = b_last.detach()
+        if net.discrete:
+            mid = half = torch.empty(0, dtype=dtype, device=dev)
+        else:
+            low, high = net.action_low.to(dtype), net.action_high.to(dtype)
+            half = 0.5 * (high - low)
+            mid = 0.5 * (low + high) - half * b
+    widths = tuple(net.arch.hidden_dims)
+    p = Plan(key, env, lean, dtype, dev, w_first_t, bias, bias2, b - 1, b + 1, mid, half,
+             widths, {})
+    net.__dict__["_exec_cache"]["plan"] = p  # fold() may have cleared and replaced the dict
+    return p
+
+
+class Scratch(NamedTuple):
+    """Per (batch, guided, thread, inference mode) tensors :func:`one_step` writes into."""
+
+    hidden: list[torch.Tensor]  # layer l's output [R, widths[l]], two alternating storages
+    shared: torch.Tensor  # guided: [B N, widths[0]] (in the second storage); else empty
+    noise: torch.Tensor  # [B, N, D]: ``normal_()`` into it costs ~0.6 us, randn ~4 us
+    ids: torch.Tensor  # agent_ids expanded to [B, N, N] (a view)
+
+
+def _scratch(net: VelocityNetwork, p: Plan, batch: int, guided: bool) -> Scratch:
+    """The cached :class:`Scratch` of this call (R = 2 B N rows when ``guided``, else B N)."""
+    key = (batch, guided, threading.get_ident(), torch.is_inference_mode_enabled())
+    s = p.buffers.get(key)
+    if s is None:
+        if len(p.buffers) >= BUFFER_SETS:
+            p.buffers.clear()
+        n, widths = net.n_agents, p.widths
+        rows = batch * n * (2 if guided else 1)
+        flat = [torch.empty(rows * max(widths), dtype=p.dtype, device=p.device)
+                for _ in range(2)]
+        half = batch * n if guided else 0  # fits: half * widths[0] <= rows * max(widths)
+        s = Scratch([flat[i % 2][: rows * h].view(rows, h) for i, h in enumerate(widths)],
+                    flat[1][: half * widths[0]].view(half, widths[0]),
+                    torch.empty(batch, n, net.action_dim, dtype=p.dtype, device=p.device),
+                    net._buffers["agent_ids"].expand(batch, n, n))
+        p.buffers[key] = s
+    return s
+
+
+def _activate_(h: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(h), in place where torch has the in-place op (silu, relu)."""
+    if activation == "silu":
+        return F.silu(h, inplace=True)
+    if activation == "relu":
+        return torch.relu_(h)
+    return activation_fn(h, activation)
+
+
+def one_step(net: VelocityNetwork, p: Plan, obs: torch.Tensor, avail: torch.Tensor | None,
+             token: int, guidance: float, z: torch.Tensor | None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """One-step actions ``decode(z - u(z, 0, 1 | obs, id, token))`` for shared weights and torch
+    layers (``p.lean``), inputs already checked except that every row of ``avail`` has an
+    available action (checked here from the chosen scores, see below).
+
+    obs [B, N, obs_dim] raw; z [B, N, D] noise, or None to draw it (from ``generator``: the
+    same numbers as ``torch.randn``); avail [B, N, K] bool or None. Returns [B, N, D] actions in
+    the bounds or [B, N] int64 ids (new tensors: no buffer is returned).
+    """
+    batch, n, d = obs.shape[0], net.n_agents, net.action_dim
+    rows = batch * n
+    guided = guidance != 1.0
+    weights = list(net.weights._parameters.values())
+    biases = list(net.biases._parameters.values())
+    scratch = _scratch(net, p, batch, guided)
+    outs = scratch.hidden
+    if z is None:
+        z = scratch.noise.normal_() if generator is None else \
+            scratch.noise.normal_(generator=generator)
+    x = torch.cat([z, obs, scratch.ids], -1).view(rows, -1)
+    if guided:  # [z | obs | id] W^T is the same for both halves; only bias[c] differs
+        shared = torch.mm(x, p.w_first_t, out=scratch.shared)
+        h = torch.add(shared, p.bias2[token], out=outs[0].view(2, rows, -1)).view(2 * rows, -1)
+    else:
+        h = torch.addmm(p.bias[token], x, p.w_first_t, out=outs[0])
+    h = _activate_(h, net.activation)
+    for i in range(1, len(weights) - 1):
+        h = _activate_(torch.addmm(biases[i], h, weights[i].t(), out=outs[i]), net.activation)
+    w_last = weights[-1].t()
+    z2 = z.reshape(rows, d)
+    if guided:  # y = z - h W_L^T for each half, then lerp(y_null, y_c, w)
+        y = torch.baddbmm(z2.unsqueeze(0), h.view(2, rows, -1), w_last.expand(2, -1, -1),
+                          alpha=-1)
+        y_c, y_null = y.unbind(0)
+        y = torch.lerp(y_null, y_c, guidance)
+    else:
+        y = torch.addmm(z2, h, w_last, alpha=-1)
+    if not net.discrete:  # y = x + b_L: clip(x, -1, 1) + b_L = clamp(y, b_L - 1, b_L + 1)
+        return torch.addcmul(p.mid, y.clamp_(p.lo, p.hi).view(batch, n, d), p.half)
+    y = y.sub_(biases[-1])  # the generated {-1, +1} one-hot x
+    if avail is None:
+        return y.argmax(-1).view(batch, n)
+    best, ids = torch.where(avail.reshape(rows, d), y, float("-inf")).max(-1)
+    # A row without any available action scores -inf; one sum finds it (no extra pass over
+    # the mask), then check_avail names the row. NaN scores (non-finite weights) pass it.
+    if not math.isfinite(float(best.sum())):
+        check_avail(avail)
+    return ids.view(batch, n)
+
+
 def fused_act(net: VelocityNetwork, z, obs, cond, guided: bool, guidance: float,
               avail: torch.Tensor | None) -> torch.Tensor | None:
-    """One-step sampling in ONE launch (``mlp_cfg_sample``: the whole MLP, cond and null
-    passes, the guided step and decoding) when the layers and ``cfg_sample`` resolve to Triton
-    (CUDA; or the interpreter when forced), the bounds are shared by the agents and the batch
-    is small enough (decentralised execution); None otherwise (layer-by-layer path).
+    """One-step sampling in ONE launch (``ops.mlp_cfg_sample``: the whole MLP, cond and null
+    passes, the guided step and decoding) when the layers and ``mlp_cfg_sample`` resolve to
+    Triton (CUDA; or the interpreter when forced), the bounds are shared by the agents and the
+    batch is small enough (decentralised execution, ``ops.mlp_fits``); None otherwise.
 
     z [B, N, D]; obs [B', N, obs_dim] (B' = 2 B when ``guided``: cond rows, then null rows);
     cond: int token or [B'] / [B', N] ids.
     """
     dev, backend = obs.device, net._op_backend()
     if (ops.resolved_backend("linear_jvp", dev, backend) != "triton"
-            or ops.resolved_backend("cfg_sample", dev, backend) != "triton"
+            or ops.resolved_backend("mlp_cfg_sample", dev, backend) != "triton"
             or net.action_low.dim() > 1):
         return None
-    from ..kernels.cfg_sample import mlp_cfg_sample, mlp_fits, pack_mlp
-
     batch = z.shape[0]
     params = [*net.weights, *net.biases]
     key = tuple((p.data_ptr(), p._version) for p in params)  # refreshed on any update
     cached = net.__dict__.get("_mlp_pack")
     if cached is None or cached[0] != key:
-        cached = (key, pack_mlp(list(net.weights), list(net.biases)))
+        cached = (key, ops.pack_mlp(list(net.weights), list(net.biases)))
         net.__dict__["_mlp_pack"] = cached
     pack = cached[1]
-    if not mlp_fits(batch * net.n_agents if net.share_parameters else batch, pack):
+    if not ops.mlp_fits(batch * net.n_agents if net.share_parameters else batch, pack):
         return None
     if not isinstance(cond, torch.Tensor):
         tokens = [cond, net.null_token] if guided else [cond]
@@ -150,11 +361,11 @@ def fused_act(net: VelocityNetwork, z, obs, cond, guided: bool, guidance: float,
     zz = torch.cat([z, z]) if guided else z
     ones = torch.ones(zz.shape[:2], device=dev, dtype=z.dtype)
     x = net._layout(net._inputs(zz, ones - 1, ones, obs, cond)[0])  # t = 1, r = 0
-    bounds = {} if net.discrete else {"low": net.action_low.to(z.dtype),
-                                      "high": net.action_high.to(z.dtype)}
-    out = mlp_cfg_sample(x, pack, net._layout(z), net.activation, guided=guided,
-                         guidance=guidance, discrete=net.discrete,
-                         avail=None if avail is None else net._layout(avail), **bounds)
+    low, high = (None, None) if net.discrete else (net.action_low.to(z.dtype),
+                                                   net.action_high.to(z.dtype))
+    sample = ops.unchecked("mlp_cfg_sample", dev, backend)
+    out = sample(x, pack, net._layout(z), net.activation, guided, guidance, 1.0, low, high,
+                 None if avail is None else net._layout(avail), net.discrete)
     if net.share_parameters:
         return out.reshape(batch, net.n_agents, *out.shape[1:])
     return out.transpose(0, 1)
