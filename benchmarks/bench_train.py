@@ -1,12 +1,12 @@
-"""End to end: ``vgm2p_fast.train.train`` throughput per policy backend.
+"""End to end: ``vgm2p_fast.train.train`` throughput per MeanFlow JVP mode.
 
 A short run (40 iterations: critic + policy step each, batch 256 transitions x 6 agents, the
 default 3 x 256 policy and 2 x 256 critic, kappa = 0.5, one advantage refresh, no evaluation)
 on a generated HalfCheetah-6x1-shaped dataset (2000 transitions, obs 9, 1 action dim), with
-the policy's JVP on our path (``auto``) or on ``torch.func.jvp`` (``func``).
+the policy's JVP on our path (``fused``) or on ``torch.func.jvp`` (``func``).
 ``extra_info["samples_per_s"]`` is the trainer's own count (transitions per second of the
 training loop, its ``summary.json`` field; the best of the rounds); the benchmark time is the
-whole ``train()`` call (setup and the final writes included). Goal on CPU, one run: ``auto``
+whole ``train()`` call (setup and the final writes included). Goal on CPU, one run: ``fused``
 >= 2x the samples/s of ``func``. Under ``--benchmark-disable`` (the CI smoke): 2 iterations of
 a 32-wide network. Run: ``pytest benchmarks/bench_train.py --benchmark-only``.
 """
@@ -41,18 +41,18 @@ def dataset(tmp_path_factory) -> Path:
 
 
 @pytest.mark.benchmark(group="train-end-to-end")
-@pytest.mark.parametrize("backend", ["auto", "func"])
-def test_train(benchmark, smoke_one_thread, dataset, tmp_path, backend):
+@pytest.mark.parametrize("jvp", ["fused", "func"])
+def test_train(benchmark, smoke_one_thread, dataset, tmp_path, jvp):
     smoke = benchmark.disabled
     size = {"hidden_dims": (32, 32), "value_hidden": (32, 32)} if smoke else {}
-    cfg = TrainConfig(dataset=str(dataset), out=str(tmp_path / backend), backend=backend,
+    cfg = TrainConfig(dataset=str(dataset), out=str(tmp_path / jvp), jvp=jvp,
                       steps=2 if smoke else 40, value_warmup=0, batch_size=256,
                       eval_episodes=0, log_every=10**6, checkpoint_every=10**6,
                       refresh_every=10**6, seed=0, **size)
     rates: list[float] = []
 
     def run() -> dict:
-        summary = train(cfg, progress=False)
+        summary = train(cfg, progress=False, overwrite=True)  # each round replaces the last
         rates.append(summary["samples_per_s"])
         return summary
 

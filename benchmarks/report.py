@@ -43,7 +43,7 @@ ROLES = (
     Role("meanflow-step-guided", "fast", None, "Training step, kappa = 0.5 (default guidance)"),
     Role("act-", "vgm2p", "mlp", "Action generation"),
     Role("gae-", "ext", "memcpy", "Advantage (GAE) over 4M transitions"),
-    Role("train-end-to-end", "auto", None, "End-to-end training (vgm2p train)",
+    Role("train-end-to-end", "fused", None, "End-to-end training (vgm2p train)",
          "samples_per_s"),
 )
 
@@ -93,7 +93,7 @@ GOALS = (
     Goal("GAE >= 10x faster than TorchRL (flat)", "gae-flat-4M", "torchrl_vec", "ext", ">=",
          10.0, "none"),
     Goal("End-to-end training >= 2x the samples/s of the torch.func.jvp backend",
-         "train-end-to-end", "func", "auto", ">=", 2.0, "train",
+         "train-end-to-end", "func", "fused", ">=", 2.0, "train",
          "A trainer iteration is the policy step plus work that costs the same on both "
          "backends: the critic step, batch gathering, AdamW, the EMA, and with the default "
          "guidance (kappa = 0.5) the CFG target's stacked no-grad pass over 2x the rows, which "
@@ -105,7 +105,7 @@ GOALS = (
 
 def case_of(bench: dict) -> str:
     params = bench.get("params") or {}
-    for key in ("case", "kind", "backend"):
+    for key in ("case", "kind", "backend", "jvp"):
         if key in params:
             return str(params[key])
     return bench["name"]

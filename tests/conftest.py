@@ -4,7 +4,7 @@
 Triton kernels cannot run on this project's CPU-only machines at all: set here, before any test
 module imports triton (``import torch`` does not import it), and only without a CUDA device, so
 that a GPU machine runs the same tests on the real kernels. It changes no other test's backend:
-``auto`` never picks the interpreter on CPU (``vgm2p_fast._backend.resolve``); only tests that
+``auto`` never picks the interpreter on CPU (``vgm2p_fast.backends.resolve``); only tests that
 force ``backend="triton"`` run it. ``TRITON_DEFAULT_FP_FUSION`` is pinned for the same reason the
 kernels pin it (triton 3.9 warns that its default changes in 3.10).
 """

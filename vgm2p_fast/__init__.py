@@ -2,7 +2,7 @@
 kernels. Imports on a CPU-only machine without triton or the compiled extension."""
 
 from . import ops
-from ._backend import BackendUnavailableError
+from .backends import BackendUnavailableError
 from .policy import MeanFlowPolicy
 
 __version__ = "0.1.0"
