@@ -17,6 +17,7 @@ import torch
 from . import __version__, backends
 from .backends import BackendUnavailableError
 from .cli_data import add_data_parser
+from .cli_export import add_export_parser
 from .cli_train import add_eval_parser, add_train_parser
 from .envs import EnvUnavailableError
 from .ops import REGISTRY
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
     add_data_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

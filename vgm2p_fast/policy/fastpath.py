@@ -22,9 +22,11 @@ widths costs (``benchmarks/bench_act.py``):
   one ``addmm`` per layer, as ``nn.Linear`` does, instead of a matmul and a broadcast add of the
   table (a second pass over the [B N, H] pre-activations: ~1 ms of ~45 at 1024 envs);
 - the last layer's bias folds into the decode: with ``y = z - h W_L^T`` (one ``addmm``,
-  ``alpha = -1``), ``x = y - b_L`` and ``a = mid + half clip(x, -1, 1) = mid' + half
-  clamp(y, b_L - 1, b_L + 1)``, ``mid' = (low + high) / 2 - half b_L``, ``half = (high - low)
-  / 2``: the decode is 2 ops (clamp, addcmul) instead of 5;
+  ``alpha = -1``), ``x = y - b_L`` and ``a = low + (clip(x, -1, 1) + 1) half =
+  clamp(mid' + half y, low, high)``, ``mid' = (low + high) / 2 - half b_L``, ``half = (high -
+  low) / 2`` (the scaling is monotone, so clipping after it is the same; clamping last keeps
+  every action exactly inside the bounds despite round-off): the decode is 2 ops (addcmul,
+  clamp) instead of 5;
 - guidance: both halves share ``[z | obs | id] W^T`` (only ``bias[c]`` differs), so that
   matmul runs once; by linearity of the last layer ``z - b_L - lerp(u_null, u_c, w) =
   lerp(y_null, y_c, w) - b_L``;
@@ -44,6 +46,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -128,15 +131,16 @@ def fold(net: VelocityNetwork, t_val: float, r_val: float,
 
 def exec_velocity(net: VelocityNetwork, z: torch.Tensor, obs: torch.Tensor,
                   cond: torch.Tensor | int, guided: bool, t_val: float, r_val: float,
-                  layer) -> torch.Tensor | None:
+                  layer, folded: Folded | None = None) -> torch.Tensor | None:
     """u(z, r_val, t_val | obs, id, cond) [B', N, D] for constant times through the folded
     first layer, or None when it cannot be folded (parameters without version counters).
 
     z [B', N, D], obs [B', N, obs_dim] raw; cond: token ids [B'] or [B', N], or one int
     token for every row (with ``guided``, rows are [token rows; null rows], B' = 2 B).
-    ``layer`` is the resolved ``linear_jvp`` of the other layers.
+    ``layer`` is the resolved ``linear_jvp`` of the other layers; ``folded``: the first layer
+    at (t_val, r_val) when the caller holds it (``policy.export``), else from the cache.
     """
-    folded = fold(net, t_val, r_val)
+    folded = fold(net, t_val, r_val) if folded is None else folded
     if folded is None:
         return None
     w_in, table = folded.w_in, folded.table
@@ -166,6 +170,19 @@ def exec_velocity(net: VelocityNetwork, z: torch.Tensor, obs: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------- one-step plan
+class Step(NamedTuple):
+    """The folded tensors :func:`step_math` reads for one condition token (shared weights)."""
+
+    w_first_t: torch.Tensor  # (D + obs_dim + N, H): [W_z | W_o / std | W_id]^T
+    bias: torch.Tensor  # (H,) bias[c]
+    bias2: torch.Tensor  # (2, 1, H) [bias[c]; bias[null]] (guided)
+    low: torch.Tensor  # (D,) or (N, D): the action bounds (continuous)
+    high: torch.Tensor
+    mid: torch.Tensor  # (D,) or (N, D): (low + high) / 2 - half b_L (continuous)
+    half: torch.Tensor  # (D,) or (N, D): (high - low) / 2 (continuous)
+    ids: torch.Tensor  # (N, N) one-hot agent ids
+
+
 class Plan(NamedTuple):
     """What :func:`one_step` reads, folded once per weights (module docstring)."""
 
@@ -174,15 +191,9 @@ class Plan(NamedTuple):
     lean: bool  # shared weights and torch layers: :func:`one_step` applies
     dtype: torch.dtype
     device: torch.device
-    w_first_t: torch.Tensor  # (D + obs_dim + N, H): [W_z | W_o / std | W_id]^T
-    bias: tuple[torch.Tensor, ...]  # per token c: bias[c] (H,)
-    bias2: tuple[torch.Tensor, ...]  # per token c: [bias[c]; bias[null]] (2, 1, H)
-    lo: torch.Tensor  # (D,) b_L - 1
-    hi: torch.Tensor  # (D,) b_L + 1
-    mid: torch.Tensor  # (D,) or (N, D): (low + high) / 2 - half b_L
-    half: torch.Tensor  # (D,) or (N, D): (high - low) / 2
+    steps: tuple[Step, ...]  # per condition token (shared weights; empty per agent)
     widths: tuple[int, ...]  # the hidden layers' widths
-    buffers: dict  # (rows, thread, inference mode) -> hidden-layer output buffers
+    buffers: dict  # (batch, guided, thread, inference mode) -> Scratch
 
 
 _ENV_KEYS = (ENV_VAR, "TRITON_INTERPRET")
@@ -217,25 +228,23 @@ def plan(net: VelocityNetwork) -> Plan | None:
     dtype, dev = w.dtype, w.device
     lean = (net.share_parameters and
             ops.resolved_backend("linear_jvp", dev, net._op_backend()) == "torch")
-    with torch.no_grad():
-        if net.share_parameters:
+    steps: tuple[Step, ...] = ()
+    if net.share_parameters:  # per-agent weights act through exec_velocity
+        with torch.no_grad():
             d, e, o = net.action_dim, net.time_dim, net.obs_dim
             w_id = w[:, d + 2 * e + o : d + 2 * e + o + net.n_agents]
             w_first_t = torch.cat([folded.w_in, w_id], 1).t().contiguous()
-            bias = tuple(folded.bias.unbind(0))
-            bias2 = tuple(torch.stack([c, bias[-1]]).unsqueeze(1) for c in bias)
-        else:  # per-agent weights act through exec_velocity; nothing of these is read
-            w_first_t, bias, bias2 = folded.w_in, (), ()
-        b = b_last.detach()
-        if net.discrete:
-            mid = half = torch.empty(0, dtype=dtype, device=dev)
-        else:
-            low, high = net.action_low.to(dtype), net.action_high.to(dtype)
-            half = 0.5 * (high - low)
-            mid = 0.5 * (low + high) - half * b
-    widths = tuple(net.arch.hidden_dims)
-    p = Plan(key, env, lean, dtype, dev, w_first_t, bias, bias2, b - 1, b + 1, mid, half,
-             widths, {})
+            b = b_last.detach()
+            if net.discrete:
+                low = high = mid = half = torch.empty(0, dtype=dtype, device=dev)
+            else:
+                low, high = net.action_low.to(dtype), net.action_high.to(dtype)
+                half = 0.5 * (high - low)
+                mid = 0.5 * (low + high) - half * b
+            ids = src[6].to(dtype)
+            steps = tuple(Step(w_first_t, c, torch.stack([c, folded.bias[-1]]).unsqueeze(1),
+                               low, high, mid, half, ids) for c in folded.bias)
+    p = Plan(key, env, lean, dtype, dev, steps, tuple(net.arch.hidden_dims), {})
     net.__dict__["_exec_cache"]["plan"] = p  # fold() may have cleared and replaced the dict
     return p
 
@@ -246,7 +255,6 @@ class Scratch(NamedTuple):
     hidden: list[torch.Tensor]  # layer l's output [R, widths[l]], two alternating storages
     shared: torch.Tensor  # guided: [B N, widths[0]] (in the second storage); else empty
     noise: torch.Tensor  # [B, N, D]: ``normal_()`` into it costs ~0.6 us, randn ~4 us
-    ids: torch.Tensor  # agent_ids expanded to [B, N, N] (a view)
 
 
 def _scratch(net: VelocityNetwork, p: Plan, batch: int, guided: bool) -> Scratch:
@@ -263,8 +271,7 @@ def _scratch(net: VelocityNetwork, p: Plan, batch: int, guided: bool) -> Scratch
         half = batch * n if guided else 0  # fits: half * widths[0] <= rows * max(widths)
         s = Scratch([flat[i % 2][: rows * h].view(rows, h) for i, h in enumerate(widths)],
                     flat[1][: half * widths[0]].view(half, widths[0]),
-                    torch.empty(batch, n, net.action_dim, dtype=p.dtype, device=p.device),
-                    net._buffers["agent_ids"].expand(batch, n, n))
+                    torch.empty(batch, n, net.action_dim, dtype=p.dtype, device=p.device))
         p.buffers[key] = s
     return s
 
@@ -278,6 +285,50 @@ def _activate_(h: torch.Tensor, activation: str) -> torch.Tensor:
     return activation_fn(h, activation)
 
 
+def step_math(st: Step, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+              activation: str, discrete: bool, obs: torch.Tensor, z: torch.Tensor,
+              avail: torch.Tensor | None, guidance: float, scratch: Scratch | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one-step math of the module docstring: plain torch ops, no checks (also what
+    ``policy.export`` traces, with ``scratch`` None: fresh outputs instead of buffers).
+
+    obs [B, N, obs_dim] raw, z [B, N, D] noise, avail [B, N, K] bool or None; ``weights`` /
+    ``biases`` all L layers (the first one's are folded into ``st`` and not read). Returns
+    (actions [B, N, D] in the bounds or [B, N] int64 ids, and for a masked discrete head the
+    chosen scores [B N] (-inf where a row has no available action), else None).
+    """
+    batch, n, d = obs.shape[0], obs.shape[1], z.shape[2]
+    rows = batch * n
+    guided = guidance != 1.0
+    outs = scratch.hidden if scratch is not None else [None] * len(weights)
+    x = torch.cat([z, obs, st.ids.expand(batch, n, n)], -1).view(rows, -1)
+    if guided:  # [z | obs | id] W^T is the same for both halves; only bias[c] differs
+        shared = torch.mm(x, st.w_first_t, out=None if scratch is None else scratch.shared)
+        h = torch.add(shared, st.bias2, out=None if scratch is None else
+                      outs[0].view(2, rows, -1)).view(2 * rows, -1)
+    else:
+        h = torch.addmm(st.bias, x, st.w_first_t, out=outs[0])
+    h = _activate_(h, activation)
+    for i in range(1, len(weights) - 1):
+        h = _activate_(torch.addmm(biases[i], h, weights[i].t(), out=outs[i]), activation)
+    w_last = weights[-1].t()
+    z2 = z.reshape(rows, d)
+    if guided:  # y = z - h W_L^T for each half, then lerp(y_null, y_c, w)
+        y = torch.baddbmm(z2.unsqueeze(0), h.view(2, rows, -1), w_last.expand(2, -1, -1),
+                          alpha=-1)
+        y_c, y_null = y.unbind(0)
+        y = torch.lerp(y_null, y_c, guidance)
+    else:
+        y = torch.addmm(z2, h, w_last, alpha=-1)
+    if not discrete:  # y = x + b_L; a = mid' + half y, clamped to [low, high] (exactly in)
+        return torch.addcmul(st.mid, y.view(batch, n, d), st.half).clamp_(st.low, st.high), None
+    y = y.sub_(biases[-1])  # the generated {-1, +1} one-hot x
+    if avail is None:
+        return y.argmax(-1).view(batch, n), None
+    best, ids = torch.where(avail.reshape(rows, d), y, float("-inf")).max(-1)
+    return ids.view(batch, n), best
+
+
 def one_step(net: VelocityNetwork, p: Plan, obs: torch.Tensor, avail: torch.Tensor | None,
              token: int, guidance: float, z: torch.Tensor | None,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -289,45 +340,18 @@ def one_step(net: VelocityNetwork, p: Plan, obs: torch.Tensor, avail: torch.Tens
     same numbers as ``torch.randn``); avail [B, N, K] bool or None. Returns [B, N, D] actions in
     the bounds or [B, N] int64 ids (new tensors: no buffer is returned).
     """
-    batch, n, d = obs.shape[0], net.n_agents, net.action_dim
-    rows = batch * n
-    guided = guidance != 1.0
-    weights = list(net.weights._parameters.values())
-    biases = list(net.biases._parameters.values())
-    scratch = _scratch(net, p, batch, guided)
-    outs = scratch.hidden
+    scratch = _scratch(net, p, obs.shape[0], guidance != 1.0)
     if z is None:
         z = scratch.noise.normal_() if generator is None else \
             scratch.noise.normal_(generator=generator)
-    x = torch.cat([z, obs, scratch.ids], -1).view(rows, -1)
-    if guided:  # [z | obs | id] W^T is the same for both halves; only bias[c] differs
-        shared = torch.mm(x, p.w_first_t, out=scratch.shared)
-        h = torch.add(shared, p.bias2[token], out=outs[0].view(2, rows, -1)).view(2 * rows, -1)
-    else:
-        h = torch.addmm(p.bias[token], x, p.w_first_t, out=outs[0])
-    h = _activate_(h, net.activation)
-    for i in range(1, len(weights) - 1):
-        h = _activate_(torch.addmm(biases[i], h, weights[i].t(), out=outs[i]), net.activation)
-    w_last = weights[-1].t()
-    z2 = z.reshape(rows, d)
-    if guided:  # y = z - h W_L^T for each half, then lerp(y_null, y_c, w)
-        y = torch.baddbmm(z2.unsqueeze(0), h.view(2, rows, -1), w_last.expand(2, -1, -1),
-                          alpha=-1)
-        y_c, y_null = y.unbind(0)
-        y = torch.lerp(y_null, y_c, guidance)
-    else:
-        y = torch.addmm(z2, h, w_last, alpha=-1)
-    if not net.discrete:  # y = x + b_L: clip(x, -1, 1) + b_L = clamp(y, b_L - 1, b_L + 1)
-        return torch.addcmul(p.mid, y.clamp_(p.lo, p.hi).view(batch, n, d), p.half)
-    y = y.sub_(biases[-1])  # the generated {-1, +1} one-hot x
-    if avail is None:
-        return y.argmax(-1).view(batch, n)
-    best, ids = torch.where(avail.reshape(rows, d), y, float("-inf")).max(-1)
+    actions, best = step_math(p.steps[token], list(net.weights._parameters.values()),
+                              list(net.biases._parameters.values()), net.activation,
+                              net.discrete, obs, z, avail, guidance, scratch)
     # A row without any available action scores -inf; one sum finds it (no extra pass over
     # the mask), then check_avail names the row. NaN scores (non-finite weights) pass it.
-    if not math.isfinite(float(best.sum())):
+    if best is not None and not math.isfinite(float(best.sum())):
         check_avail(avail)
-    return ids.view(batch, n)
+    return actions
 
 
 def fused_act(net: VelocityNetwork, z, obs, cond, guided: bool, guidance: float,

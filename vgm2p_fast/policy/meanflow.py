@@ -19,6 +19,7 @@ import torch
 from ..io import atomic_write, optional_import
 from . import fastpath, losses, sampling
 from .config import LossConfig, PolicyConfig, loss_config, split_config
+from .export import export_policy
 from .network import VelocityNetwork
 
 SAVE_FORMAT = "vgm2p_fast.MeanFlowPolicy/1"
@@ -236,3 +237,13 @@ class MeanFlowPolicy(VelocityNetwork):
     def forward(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None) -> torch.Tensor:
         """One-step actions under the advantageous condition: see :meth:`act`."""
         return sampling.act(self, obs, avail_actions)
+
+    def export(self, path: str | os.PathLike, *, test_guidance: float = 1.0
+               ) -> torch.export.ExportedProgram:
+        """Write one-step sampling as a ``torch.export`` program (``.pt2``) that runs with
+        torch alone: ``torch.export.load(path).module()`` takes ``(obs, noise)`` (continuous)
+        or ``(obs, avail_actions, noise)`` (discrete), noise ``[B, N, D]`` float32, any batch
+        size, and returns what ``act(obs, avail_actions, noise=noise,
+        test_guidance=test_guidance)`` returns. ``test_guidance`` is baked in. See
+        ``vgm2p_fast/policy/export.py`` and ``docs/deploy.md``."""
+        return export_policy(self, path, test_guidance=test_guidance)

@@ -81,8 +81,10 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
     batch, dev, dtype = obs.shape[0], obs.device, obs.dtype
     shape = (batch, net.n_agents, net.action_dim)
     if net.discrete and avail_actions is not None:
-        check_tensor("avail_actions", avail_actions, shape=shape, dtypes=(torch.bool,),
-                     device=dev)
+        if (type(avail_actions) is not torch.Tensor or avail_actions.dtype is not torch.bool
+                or avail_actions.shape != shape or avail_actions.device != dev):
+            check_tensor("avail_actions", avail_actions, shape=shape, dtypes=(torch.bool,),
+                         device=dev)
     elif avail_actions is not None:
         raise ValueError("avail_actions: expected None for continuous actions, found a mask")
     if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
