@@ -33,13 +33,37 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import CSV, METHODS, ROOT, SWEEP_DATASETS, TABLE_DATASETS, read_csv  # noqa: E402
+from run import (  # noqa: E402
+    CSV,
+    HEADLINE,
+    HEADLINE_SEEDS,
+    METHODS,
+    OTHER_SEEDS,
+    ROOT,
+    SWEEP_DATASETS,
+    TABLE_DATASETS,
+    read_csv,
+)
 
 LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P", "meanflow-bc": "MeanFlow-BC",
           "fm-bc": "flow-matching BC", "mlp-bc": "MLP-BC", "awfm": "AW flow BC"}
 BASELINES = ("meanflow-bc", "fm-bc", "mlp-bc", "awfm")
 CARDS = HERE.parent / "datasets" / "cards"
-HEADLINE = ("-medium", "-medium-replay")   # the rows the targets are judged on
+SUFFIXES = ("-medium", "-medium-replay")   # the rows the targets are judged on
+
+
+class Seeds:
+    """The seeds a complete cell of ``dataset`` has: ``fixed`` for all, or the run plan's."""
+
+    def __init__(self, fixed: int | None) -> None:
+        self.fixed = fixed
+        self.text = (str(fixed) if fixed else
+                     f"{len(HEADLINE_SEEDS)} (medium, medium-replay) or {len(OTHER_SEEDS)}")
+
+    def __call__(self, dataset: str) -> int:
+        if self.fixed:
+            return self.fixed
+        return len(HEADLINE_SEEDS) if dataset in HEADLINE else len(OTHER_SEEDS)
 
 
 def _float(x: str) -> float | None:
@@ -134,9 +158,11 @@ def collect(table: Path) -> tuple[list[dict], dict, list[str]]:
     return rows, sweep, methods
 
 
-def verdicts(row: dict, seeds: int, methods: list[str]) -> dict[str, str] | None:
-    """The four targets for VGM²P on one row, or None when a method lacks seeds."""
-    if any(row[m] is None or len(row[m]) < seeds for m in methods) or "vgm2p" not in methods:
+def verdicts(row: dict, seeds, methods: list[str]) -> dict[str, str] | None:
+    """The four targets for VGM²P on one row, or None when a method lacks seeds
+    (``seeds(dataset)``: the seeds a complete cell has)."""
+    want = seeds(row["dataset"])
+    if any(row[m] is None or len(row[m]) < want for m in methods) or "vgm2p" not in methods:
         return None
     vm, _, vse = stats(row["vgm2p"])
     out = {"≥ data": "yes" if vm >= float(normalise(row["refs"]["mean"], row["refs"]))
@@ -191,7 +217,7 @@ def plot(rows: list[dict], sweep: dict, methods: list[str], out: Path) -> list[s
         fig.savefig(out / "results.png", dpi=110)
         plt.close(fig)
         written.append("results.png")
-    curved = [r for r in rows if r["dataset"].endswith(HEADLINE)
+    curved = [r for r in rows if r["dataset"].endswith(SUFFIXES)
               and any(r[f"{m}_curve"] for m in methods)]
     if curved:
         cols = min(4, len(curved))
@@ -236,12 +262,12 @@ def plot(rows: list[dict], sweep: dict, methods: list[str], out: Path) -> list[s
     return written
 
 
-def render(rows: list[dict], sweep: dict, methods: list[str], seeds: int, plots: list[str],
+def render(rows: list[dict], sweep: dict, methods: list[str], seeds, plots: list[str],
            preamble: str, cards: str) -> str:
     """RESULTS.md; ``cards`` is the cards folder relative to it (for the dataset links)."""
     lines = ["# Learning results", "", preamble.strip(), "",
              "Cells: normalised final return `100 (R - R_random) / (R_expert - R_random)` as "
-             f"mean ± 2σ over {seeds} training seeds (σ = sd / √n), the seed sd, then `·` the "
+             f"mean ± 2σ over {seeds.text} training seeds (σ = sd / √n), the seed sd, then `·` the "
              "raw return mean. Behaviour: the dataset's episodes (mean, sd over episodes). "
              "References per dataset are in its card.", ""]
     head = ["dataset", LABELS["behaviour"], *(LABELS[m] for m in methods), "steps"]
@@ -253,7 +279,8 @@ def render(rows: list[dict], sweep: dict, methods: list[str], seeds: int, plots:
                 f"{100 * refs['std'] / (refs['expert'] - refs['random']):.1f}) · "
                 f"{refs['mean']:.4g}")
         card = f"[{row['dataset']}]({cards}/{row['dataset']}.md)"
-        lines.append("| " + " | ".join([card, data, *(cell(row[m], row[f"{m}_raw"], seeds)
+        want = seeds(row["dataset"])
+        lines.append("| " + " | ".join([card, data, *(cell(row[m], row[f"{m}_raw"], want)
                                                         for m in methods),
                                          ", ".join(map(str, steps)) or "—"]) + " |")
     judged = [(r["dataset"], v) for r in rows if (v := verdicts(r, seeds, methods))]
@@ -262,7 +289,7 @@ def render(rows: list[dict], sweep: dict, methods: list[str], seeds: int, plots:
         lines += ["", "## Targets (VGM²P)", "", "| dataset | " + " | ".join(keys) + " |",
                   "|---|" + "---|" * len(keys)]
         lines += [f"| {d} | " + " | ".join(v[k] for k in keys) + " |" for d, v in judged]
-        aimed = [(d, v) for d, v in judged if d.endswith(HEADLINE)]
+        aimed = [(d, v) for d, v in judged if d.endswith(SUFFIXES)]
         if aimed:
             counts = ", ".join(f"{k}: {sum(v[k].startswith('yes') for _, v in aimed)} of "
                                f"{len(aimed)}" for k in keys)
@@ -305,22 +332,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--csv", type=Path, default=CSV, help="the runs.csv of run.py")
     p.add_argument("--out", type=Path, default=HERE, help="folder of RESULTS.md and the PNGs")
-    p.add_argument("--seeds", type=int, default=5, help="seeds a complete cell has")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds a complete cell has (default: {len(HEADLINE_SEEDS)} on the "
+                        f"headline rows, {len(OTHER_SEEDS)} on the others)")
     p.add_argument("--preamble", type=Path, default=HERE / "preamble.md",
                    help="markdown put under the title (budget, machine), if it exists")
     p.add_argument("--json", type=Path, default=None, help="also write the verdicts as JSON")
     a = p.parse_args(argv)
     rows, sweep, methods = collect(a.csv)
+    seeds = Seeds(a.seeds)
     if not rows and not sweep:
         p.error(f"--csv: no finished run in {a.csv}")
     a.out.mkdir(parents=True, exist_ok=True)
     plots = plot(rows, sweep, methods, a.out)
     preamble = a.preamble.read_text() if a.preamble.exists() else ""
     cards = os.path.relpath(CARDS, a.out.resolve())
-    (a.out / "RESULTS.md").write_text(render(rows, sweep, methods, a.seeds, plots, preamble,
+    (a.out / "RESULTS.md").write_text(render(rows, sweep, methods, seeds, plots, preamble,
                                              cards))
     if a.json:
-        a.json.write_text(json.dumps({r["dataset"]: verdicts(r, a.seeds, methods)
+        a.json.write_text(json.dumps({r["dataset"]: verdicts(r, seeds, methods)
                                       for r in rows}, indent=1))
     print(f"wrote {a.out / 'RESULTS.md'} and {', '.join(plots)} ({len(rows)} datasets)")
     return 0
