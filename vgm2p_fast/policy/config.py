@@ -55,10 +55,6 @@ class LossConfig:
     # (toy 0.7/0.3 mixture: P(majority) 1.0 at p = 1, 0.85 at 0.5, 0.69 at 0).
     norm_p: float = 0.0
     norm_eps: float = 0.01
-    # Weight of the zero-noise anchor: the one-step action from e = 0, x0 = -u(0, 0, 1 | c),
-    # regressed on the CFG-guided target omega a + kappa x0_c + (1 - omega - kappa) x0_null
-    # (a for null rows), whose fixed point is the guided mean action. 0 = plain MeanFlow.
-    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cond_dropout < 1.0:
@@ -69,8 +65,6 @@ class LossConfig:
                              f"{self.ratio_r_neq_t}")
         if self.time_sigma <= 0:
             raise ValueError(f"time_sigma: expected > 0, found {self.time_sigma}")
-        if self.anchor_weight < 0:
-            raise ValueError(f"anchor_weight: expected >= 0, found {self.anchor_weight}")
         if self.norm_eps <= 0 or self.norm_p < 0:
             raise ValueError(f"norm_p >= 0 and norm_eps > 0 expected, found {self.norm_p}, "
                              f"{self.norm_eps}")

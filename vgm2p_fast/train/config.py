@@ -79,8 +79,6 @@ class TrainConfig:
     kappa: float = _f(0.5, "CFG-in-the-target mixing coefficient, in [0, 1)")
     cond_dropout: float = _f(0.1, "share of rows trained with the null token")
     ratio_r_neq_t: float = _f(0.25, "share of MeanFlow rows with r < t")
-    anchor_weight: float = _f(0.0, "weight of the zero-noise anchor of the MeanFlow loss "
-                              "(regresses the e = 0 one-step action on the guided target)")
     test_guidance: float = _f(1.0, "test-time guidance w at evaluation (1 = off)")
     advantage: str = _f("gae", "advantage estimator", tuple(ESTIMATORS))
     gamma: float = _f(0.99, "discount")
@@ -139,8 +137,6 @@ class TrainConfig:
             v = getattr(self, name)
             if not (lo <= v < hi):
                 raise ValueError(f"{name}: expected a value in {text}, found {v}")
-        if self.anchor_weight < 0:
-            raise ValueError(f"anchor_weight: expected >= 0, found {self.anchor_weight}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: expected >= 0, found {self.weight_decay}")
         if not self.hidden_dims or min(self.hidden_dims) < 1:

@@ -95,8 +95,7 @@ def build_policy(cfg: TrainConfig, ds: OfflineDataset) -> MeanFlowPolicy | MLPPo
             ds.obs_dim, ds.action_dim, ds.n_agents, ds.discrete, hidden_dims=cfg.hidden_dims,
             share_parameters=cfg.share_parameters, n_tokens=n_tokens, jvp=cfg.jvp,
             backend=cfg.backend, omega=cfg.omega, kappa=cfg.kappa,
-            cond_dropout=cfg.cond_dropout, ratio_r_neq_t=cfg.ratio_r_neq_t,
-            anchor_weight=cfg.anchor_weight, **bounds)
+            cond_dropout=cfg.cond_dropout, ratio_r_neq_t=cfg.ratio_r_neq_t, **bounds)
     obs = ds.observations.reshape(-1, ds.obs_dim)
     policy.set_obs_normalization(obs.mean(0).cpu(), obs.std(0).cpu())
     return policy
