@@ -1,0 +1,185 @@
+"""The ablations that chose the trainer's defaults (issue 12): run them, and render ABLATIONS.md.
+
+Each ablation is one ``vgm2p train`` run per seed on a dataset of this repository, at the
+ablation budget (10,000 policy steps, 10 evaluation episodes, one CPU thread), differing from
+the others by the options in :data:`VARIANTS`. Runs write ``<runs>/<name>-s<seed>/`` (not in
+git); ``--table`` collects their summaries into ``ablations/runs.csv`` (what git keeps) and
+renders ``ablations/ABLATIONS.md``: the final normalised return per variant, mean ± 2σ
+(σ = sd / √n) with the seed sd, and the mean learning curve.
+
+    python benchmarks/results/ablations.py --run --jobs 2 --runs /tmp/ablation-runs
+    python benchmarks/results/ablations.py --table --runs /tmp/ablation-runs
+
+Options are spelled in full, so the rows stay what they were when the defaults move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "ablations"
+DATA = HERE.parent / "data"
+OLD = ["--lr", "3e-4", "--value-warmup", "500"]        # the defaults before issue 12
+BASE = ["--steps", "10000", "--eval-episodes", "10", "--eval-noise", "sample"]
+
+# (dataset short name, dataset, variant name, label, options)
+VARIANTS: list[tuple[str, str, str, str, list[str]]] = []
+for short, ds in (("hm", "hopper-3x1-medium"), ("hcm", "halfcheetah-2x3-medium"),
+                  ("s3m", "smax-3m-medium")):
+    VARIANTS += [
+        (short, ds, "vgm2p", "VGM²P, lr 3e-4, warm-up 500 (old defaults)", OLD),
+        (short, ds, "vgm2p-lr1e3", "VGM²P, lr 1e-3", ["--lr", "1e-3", "--value-warmup", "500"]),
+        (short, ds, "vgm2p-lr1e3-w3000", "VGM²P, lr 1e-3, warm-up 3000 (new defaults)",
+         ["--lr", "1e-3", "--value-warmup", "3000"]),
+        (short, ds, "vgm2p-lr1e3-zero", "VGM²P, lr 1e-3, evaluation noise e = 0",
+         ["--lr", "1e-3", "--value-warmup", "500", "--eval-noise", "zero"]),
+        (short, ds, "mlp", "MLP-BC, lr 3e-4", ["--method", "mlp-bc", *OLD]),
+        (short, ds, "mlp-lr1e3", "MLP-BC, lr 1e-3", ["--method", "mlp-bc", "--lr", "1e-3",
+                                                    "--value-warmup", "500"]),
+    ]
+VARIANTS += [(short, ds, "vgm2p-lr2e3-w3000", "VGM²P, lr 2e-3, warm-up 3000",
+              ["--lr", "2e-3", "--value-warmup", "3000"])
+             for short, ds in (("hm", "hopper-3x1-medium"), ("hcm", "halfcheetah-2x3-medium"))]
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", "vgm2p-zero", "VGM²P, lr 3e-4, evaluation noise e = 0",
+     [*OLD, "--eval-noise", "zero"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-lr2e3", "VGM²P, lr 2e-3",
+     ["--lr", "2e-3", "--value-warmup", "500"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-lr5e4-w3000", "VGM²P, lr 5e-4, warm-up 3000",
+     ["--lr", "5e-4", "--value-warmup", "3000"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-lr1e3-b512", "VGM²P, lr 1e-3, batch 512",
+     ["--lr", "1e-3", "--value-warmup", "500", "--batch-size", "512"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-lr1e3-g3", "VGM²P, lr 1e-3, guidance scale 3",
+     ["--lr", "1e-3", "--value-warmup", "500", "--guidance-scale", "3"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-a1", "VGM²P, lr 3e-4, zero-noise anchor weight 1 "
+     "(option since removed)", [*OLD, "--anchor-weight", "1"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-lr1e3-a1", "VGM²P, lr 1e-3, zero-noise anchor "
+     "weight 1 (option since removed)", ["--lr", "1e-3", "--value-warmup", "500",
+                                         "--anchor-weight", "1"]),
+    ("hm", "hopper-3x1-medium", "mfbc", "MeanFlow-BC, lr 3e-4", ["--method", "meanflow-bc",
+                                                                 *OLD]),
+    ("hm", "hopper-3x1-medium", "mfbc-lr1e3", "MeanFlow-BC, lr 1e-3",
+     ["--method", "meanflow-bc", "--lr", "1e-3", "--value-warmup", "500"]),
+]
+# variants of options the code no longer has: their rows are kept, they are not re-run
+REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
+COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
+           "dataset_return_mean", "dataset_normalised", "eval_curve", "train_time_s",
+           "commit", "options"]
+
+
+def _seeds_of(runs: Path, short: str, name: str) -> list[Path]:
+    return sorted(p for p in runs.glob(f"{short}-{name}-s*") if (p / "summary.json").exists()
+                  and p.name.removeprefix(f"{short}-{name}-s").isdigit())
+
+
+def collect(runs: Path, commit: str) -> list[dict[str, str]]:
+    """One csv row per finished run of :data:`VARIANTS` under ``runs``."""
+    rows = []
+    for short, ds, name, label, opts in VARIANTS:
+        for p in _seeds_of(runs, short, name):
+            s = json.loads((p / "summary.json").read_text())
+            curve = " ".join(f"{c['policy_step']}:{c.get('eval_normalised', '')}"
+                             for c in s.get("eval_curve", []))
+            rows.append({"dataset": ds, "variant": name, "label": label,
+                         "seed": p.name.rsplit("-s", 1)[1],
+                         "eval_return_mean": s["eval_return_mean"],
+                         "eval_normalised": s.get("eval_normalised", ""),
+                         "dataset_return_mean": s["dataset_return_mean"],
+                         "dataset_normalised": s.get("dataset_normalised", ""),
+                         "eval_curve": curve, "train_time_s": round(s["train_time_s"], 1),
+                         "commit": commit, "options": " ".join(opts)})
+    return rows
+
+
+def render(rows: list[dict[str, str]]) -> str:
+    lines = ["# Ablations behind the trainer's defaults", "",
+             "10,000 policy steps, 10 evaluation episodes on fixed seeds, final evaluation; "
+             "normalised return mean ± 2σ (σ = sd / √n) over the seeds listed, seed sd, raw "
+             "return mean. Produced by `python benchmarks/results/ablations.py` (module "
+             "docstring); one row per run in [runs.csv](runs.csv).", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        sel = [r for r in rows if r["dataset"] == ds]
+        data = float(sel[0]["dataset_normalised"] or "nan")
+        lines += [f"## {ds} (behaviour: normalised {data:.1f}, return "
+                  f"{float(sel[0]['dataset_return_mean']):.4g})", "",
+                  "| variant | seeds | normalised (mean ± 2σ, sd) | return | curve (mean "
+                  "normalised at each evaluation) |", "|---|---|---|---|---|"]
+        for name in dict.fromkeys(r["variant"] for r in sel):
+            vr = [r for r in sel if r["variant"] == name]
+            x = [float(r["eval_normalised"]) for r in vr]
+            n = len(x)
+            m = sum(x) / n
+            sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1)) if n > 1 else 0.0
+            ret = sum(float(r["eval_return_mean"]) for r in vr) / n
+            pts: dict[str, list[float]] = {}
+            for r in vr:
+                for p in r["eval_curve"].split():
+                    step, val = p.split(":")
+                    if val:
+                        pts.setdefault(step, []).append(float(val))
+            curve = " → ".join(f"{sum(v) / len(v):.0f}" for v in pts.values())
+            lines.append(f"| {vr[0]['label']} | {n} | {m:.1f} ± {2 * sd / math.sqrt(n):.1f} "
+                         f"(sd {sd:.1f}) | {ret:.4g} | {curve} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(runs: Path, jobs: int, seeds: list[int]) -> int:
+    exe = shutil.which("vgm2p")
+    cmd0 = [exe] if exe else [sys.executable, "-m", "vgm2p_fast.cli"]
+    todo = [(short, ds, name, opts, s) for s in seeds for short, ds, name, _, opts in VARIANTS
+            if name not in REMOVED
+            and not (runs / f"{short}-{name}-s{s}" / "summary.json").exists()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def one(job) -> int:
+        short, ds, name, opts, seed = job
+        out = runs / f"{short}-{name}-s{seed}"
+        path = DATA / f"{ds}.h5"
+        cmd = [*cmd0, "train", "--dataset", str(path if path.exists() else ds), "--seed",
+               str(seed), "--out", str(out), "--overwrite", "--quiet", *BASE, *opts]
+        return subprocess.run(cmd, env=env).returncode
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return max([0, *pool.map(one, todo)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, required=True, help="folder of the run directories")
+    p.add_argument("--run", action="store_true", help="train the variants' missing runs")
+    p.add_argument("--table", action="store_true", help="write runs.csv and ABLATIONS.md")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
+    p.add_argument("--jobs", type=int, default=1, help="training processes at once")
+    p.add_argument("--commit", default="", help="code commit the runs used (recorded)")
+    a = p.parse_args(argv)
+    if not (a.run or a.table):
+        p.error("nothing to do: give --run and/or --table")
+    rc = run(a.runs, a.jobs, a.seeds) if a.run else 0
+    if a.table:
+        rows = collect(a.runs, a.commit)
+        if not rows:
+            p.error(f"--runs: no finished ablation run in {a.runs}")
+        OUT.mkdir(exist_ok=True)
+        with open(OUT / "runs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        (OUT / "ABLATIONS.md").write_text(render(rows))
+        print(f"wrote {OUT / 'ABLATIONS.md'} ({len(rows)} runs)")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
