@@ -86,6 +86,20 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
+    """ABLATIONS.md is what ``ablations.py --render`` writes from the runs.csv beside it."""
+    folder = RESULTS / "ablations"
+    res = _run("ablations.py", "--render", "--csv", str(folder / "runs.csv"), "--out",
+               str(tmp_path / "ABLATIONS.md"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "ABLATIONS.md").read_text() == (folder / "ABLATIONS.md").read_text()
+
+
+def test_ablations_needs_runs_for_table() -> None:
+    res = _run("ablations.py", "--table")
+    assert res.returncode == 2 and "--runs" in res.stderr
+
+
 def test_run_refuses_unknown_method(tmp_path: Path) -> None:
     res = _run("run.py", "--methods", "dqn", "--runs", str(tmp_path))
     assert res.returncode == 2 and "--methods" in res.stderr and "'dqn'" in res.stderr
@@ -94,8 +108,9 @@ def test_run_refuses_unknown_method(tmp_path: Path) -> None:
 def test_committed_tables_come_from_their_csv(tmp_path: Path) -> None:
     """Every committed RESULTS.md is what make_table.py writes from the runs.csv beside it, and
     no tracked csv holds a path outside the repository."""
+    # ablations/ has its own renderer (the next test)
     folders = sorted(p.parent for p in RESULTS.glob("**/runs.csv")
-                     if "table-runs" not in str(p))
+                     if "table-runs" not in str(p) and p.parent.name != "ablations")
     assert folders, "no committed results table"
     for folder in folders:
         out = tmp_path / folder.relative_to(RESULTS).as_posix().replace("/", "_")

@@ -9,6 +9,7 @@ renders ``ablations/ABLATIONS.md``: the final normalised return per variant, mea
 
     python benchmarks/results/ablations.py --run --jobs 2 --runs /tmp/ablation-runs
     python benchmarks/results/ablations.py --table --runs /tmp/ablation-runs
+    python benchmarks/results/ablations.py --render      # ABLATIONS.md from runs.csv alone
 
 Options are spelled in full, so the rows stay what they were when the defaults move.
 """
@@ -157,15 +158,28 @@ def run(runs: Path, jobs: int, seeds: list[int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=Path, required=True, help="folder of the run directories")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="folder of the run directories (for --run and --table)")
     p.add_argument("--run", action="store_true", help="train the variants' missing runs")
     p.add_argument("--table", action="store_true", help="write runs.csv and ABLATIONS.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
     p.add_argument("--commit", default="", help="code commit the runs used (recorded)")
+    p.add_argument("--render", action="store_true",
+                   help="only re-render ABLATIONS.md from the runs.csv in --csv")
+    p.add_argument("--csv", type=Path, default=OUT / "runs.csv", help="runs.csv for --render")
+    p.add_argument("--out", type=Path, default=OUT / "ABLATIONS.md",
+                   help="where --render writes the table")
     a = p.parse_args(argv)
+    if a.render:
+        with open(a.csv, newline="") as f:
+            a.out.write_text(render(list(csv.DictReader(f))))
+        print(f"wrote {a.out}")
+        return 0
     if not (a.run or a.table):
-        p.error("nothing to do: give --run and/or --table")
+        p.error("nothing to do: give --run, --table or --render")
+    if a.runs is None:
+        p.error("--runs: required with --run and --table")
     rc = run(a.runs, a.jobs, a.seeds) if a.run else 0
     if a.table:
         rows = collect(a.runs, a.commit)
