@@ -97,15 +97,6 @@ def test_status_api_says_what_is_there_and_why_not(monkeypatch):
     assert not ok and "TRITON_INTERPRET=1" in why
 
 
-def test_private_alias_reexports_the_public_api():
-    """``vgm2p_fast._backend`` (kept while old imports move over) is the same objects."""
-    from vgm2p_fast import _backend
-
-    for name in backends.__all__:
-        assert getattr(_backend, name) is getattr(backends, name), name
-    assert vf.BackendUnavailableError is backends.BackendUnavailableError
-
-
 def _package_imports(path, lazy=True):
     """Absolute names of the vgm2p_fast modules ``path`` imports; ``lazy=False``: only those
     imported at module level (not inside a function)."""
@@ -132,9 +123,6 @@ def _package_imports(path, lazy=True):
     return names
 
 
-# TRANSITION (delete with the compat __getattr__ of kernels/cfg_sample.py once the policy calls
-# ops.mlp_cfg_sample): the names policy code still imports from kernels.cfg_sample.
-_TRANSITIONAL = {"cfg_sample.py": {"vgm2p_fast.ops"}}
 
 
 def test_layering_is_one_way():
@@ -145,7 +133,7 @@ def test_layering_is_one_way():
     pkg = Path(vf.__file__).parent
     for path in sorted((pkg / "kernels").glob("*.py")):
         outside = {m for m in _package_imports(path) if not m.startswith("vgm2p_fast.kernels")}
-        allowed = {"vgm2p_fast._checks"} | _TRANSITIONAL.get(path.name, set())
+        allowed = {"vgm2p_fast._checks"}
         assert outside <= allowed, (path.name, outside)
     assert _package_imports(pkg / "backends.py") == {"vgm2p_fast._checks"}
     assert _package_imports(pkg / "_checks.py") == set()

@@ -101,17 +101,3 @@ def cfg_sample(z: torch.Tensor, u_cond: torch.Tensor, u_null: torch.Tensor | Non
     if forward_ad_active():  # a tangent reaching the sampling step raises, never gives 0
         return no_derivative("cfg_sample", _cfg_sample_op, *args)
     return _cfg_sample_op(*args)
-
-
-def __getattr__(name: str):
-    # TRANSITION, deleted once vgm2p_fast/policy/ calls ops.mlp_cfg_sample: the names policy code
-    # imported from here before mlp_cfg_sample became its own op.
-    if name == "mlp_cfg_sample":
-        from . import mlp_cfg_sample
-
-        return mlp_cfg_sample.mlp_cfg_sample
-    if name in ("MLPPack", "pack_mlp", "mlp_fits"):
-        from .. import ops
-
-        return getattr(ops, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
