@@ -10,6 +10,7 @@ import torch
 
 from . import mlp
 from .config import JVP_MODES, LossConfig, PolicyConfig
+from .cuda_graph import CUDAGraphActor
 from .meanflow import SAVE_FORMAT, MeanFlowPolicy, read_policy_file
 from .mlp import MLPPolicy
 from .sampling import SAMPLERS
@@ -28,5 +29,5 @@ def load_policy(path: str | os.PathLike, map_location: str | torch.device | None
     return MeanFlowPolicy.from_blob(blob)
 
 
-__all__ = ["JVP_MODES", "SAMPLERS", "LossConfig", "MLPPolicy", "MeanFlowPolicy",
-           "PolicyConfig", "load_policy"]
+__all__ = ["JVP_MODES", "SAMPLERS", "CUDAGraphActor", "LossConfig", "MLPPolicy",
+           "MeanFlowPolicy", "PolicyConfig", "load_policy"]

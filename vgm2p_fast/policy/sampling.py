@@ -40,6 +40,11 @@ def _token(net: VelocityNetwork, cond, batch: int) -> torch.Tensor | int:
     return net._check_cond(cond, batch)
 
 
+def _check_guidance(w: object) -> None:
+    if not isinstance(w, (int, float)) or not w > 0 or w == float("inf"):
+        raise ValueError(f"test_guidance: expected a finite number > 0, found {w!r}")
+
+
 def check_finite_obs(obs: torch.Tensor) -> None:
     """ValueError naming the first non-finite entry of ``obs`` (issue 13).
 
@@ -91,9 +96,7 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
         raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, found {sampler!r}")
-    if not isinstance(test_guidance, (int, float)) or not test_guidance > 0 \
-            or test_guidance == float("inf"):
-        raise ValueError(f"test_guidance: expected a finite number > 0, found {test_guidance!r}")
+    _check_guidance(test_guidance)
     cond = _token(net, cond, batch)
     lean = plan is not None and plan.lean and n_steps == 1 and isinstance(cond, int)
     if noise is not None:
@@ -106,12 +109,25 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
                                  noise, generator)
     if avail_actions is not None:
         check_avail(avail_actions)
-    guided = test_guidance != 1.0
+    return _sample(net, plan is not None, obs, avail_actions, cond, test_guidance, n_steps,
+                   sampler, z)
+
+
+def _sample(net: VelocityNetwork, fast: bool, obs: torch.Tensor, avail: torch.Tensor | None,
+            cond: torch.Tensor | int, guidance: float, n_steps: int, sampler: str,
+            z: torch.Tensor) -> torch.Tensor:
+    """The general path of :func:`act` on checked inputs (any layout, backend, step count;
+    ``fast``: the folded first layer may be used): actions [B, N, D] or [B, N] ids from
+    obs [B, N, obs_dim], avail [B, N, K] or None, cond an int token or [B] / [B, N] ids, noise
+    z [B, N, D]. With a tensor ``cond`` it never reads device memory on the host nor copies
+    from the host (an int token builds small host tensors on the guided and one-launch paths),
+    so ``cuda_graph.CUDAGraphActor`` captures it in a CUDA graph."""
+    batch, dev, dtype = obs.shape[0], obs.device, obs.dtype
+    guided = guidance != 1.0
     if guided:  # one stacked pass: [cond rows; null rows]
         obs = torch.cat([obs, obs])
     if isinstance(cond, torch.Tensor) and guided:
         cond = torch.cat([cond, torch.full_like(cond, net.null_token)])
-    fast = plan is not None
     layer = net._layer_fn(dev)
     mean_velocity = SAMPLERS[sampler]
 
@@ -132,13 +148,13 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
         return u.chunk(2) if guided else (u, None)
 
     if n_steps == 1 and fast and layer is not ops.linear_jvp_ref:  # only Triton layers fuse
-        fused = fastpath.fused_act(net, z, obs, cond, guided, test_guidance, avail_actions)
+        fused = fastpath.fused_act(net, z, obs, cond, guided, guidance, avail)
         if fused is not None:
             return fused
     step = 1.0 / n_steps
     for k in range(n_steps - 1):  # Euler steps on the average velocity, t = 1 -> 1/n
         u_c, u_null = velocities(1.0 - k * step, 1.0 - (k + 1) * step)
-        z = z - step * (u_c if u_null is None else torch.lerp(u_null, u_c, test_guidance))
+        z = z - step * (u_c if u_null is None else torch.lerp(u_null, u_c, guidance))
     u_c, u_null = velocities(step, 0.0)
     low, high = (None, None) if net.discrete else (net.action_low.to(dtype),
                                                    net.action_high.to(dtype))
@@ -146,4 +162,4 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
     # takes one (D,) row of bounds
     backend = "torch" if low is not None and low.dim() > 1 else net._op_backend()
     sample = ops.unchecked("cfg_sample", dev, backend)
-    return sample(z, u_c, u_null, test_guidance, step, low, high, avail_actions, net.discrete)
+    return sample(z, u_c, u_null, guidance, step, low, high, avail, net.discrete)
