@@ -136,11 +136,16 @@ def test_a_weight_update_is_seen_by_the_next_call():
     policy = _policy()
     actor = StaticActor(policy, 4)
     obs, _, noise = _inputs(policy, 4)
+    captures = []
+    actor.capture = lambda: (captures.append(1), StaticActor.capture(actor))
     before = actor(obs, noise=noise).clone()
+    actor(obs, noise=noise)
+    assert not captures  # acting itself moves no version counter: no recapture per call
     with torch.no_grad():  # an optimiser step's in-place update bumps the version counters
         for p in policy.parameters():
             p.add_(0.1 * torch.randn_like(p))
     after = actor(obs, noise=noise)
+    assert len(captures) == 1
     _same(after, policy.act(obs, noise=noise))
     assert not torch.allclose(before, after)
 

@@ -54,6 +54,15 @@ from .network import VelocityNetwork
 WARMUP_RUNS = 2  # on a side stream before the capture: Triton compiles on the first call
 
 
+def _on(found: torch.device, device: torch.device) -> bool:
+    """``found`` is ``device`` (an index-less ``cuda`` is read as the current CUDA device)."""
+    if found.type != device.type:
+        return False
+    if found.index is None and device.type == "cuda":
+        return torch.cuda.current_device() == device.index
+    return found.index == device.index
+
+
 class StaticActor:
     """Acting at a fixed batch size through static input / output buffers (module docstring),
     run eagerly; :class:`CUDAGraphActor` replays a captured graph instead.
@@ -194,7 +203,8 @@ class StaticActor:
         elif generator is None:
             self.noise_buffer.normal_()
         else:
-            if not isinstance(generator, torch.Generator) or generator.device != self.device:
+            if not isinstance(generator, torch.Generator) or not _on(generator.device,
+                                                                     self.device):
                 found = (f"one on {generator.device}" if isinstance(generator, torch.Generator)
                          else type(generator).__name__)
                 raise ValueError(f"generator: expected a torch.Generator on {self.device}, "
