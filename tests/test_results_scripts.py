@@ -5,6 +5,7 @@ dataset's references (toy budget)."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -113,7 +114,7 @@ def test_committed_tables_come_from_their_csv(tmp_path: Path) -> None:
                      if "table-runs" not in str(p) and p.parent.name != "ablations")
     assert folders, "no committed results table"
     for folder in folders:
-        out = tmp_path / folder.relative_to(RESULTS).as_posix().replace("/", "_")
+        out = tmp_path / ("table_" + folder.relative_to(RESULTS).as_posix().replace("/", "_"))
         out.mkdir()
         seeds = (folder / "seeds.txt").read_text().strip() if (folder / "seeds.txt").exists() \
             else "5"
@@ -129,3 +130,37 @@ def test_committed_tables_come_from_their_csv(tmp_path: Path) -> None:
             for r in csv.DictReader(f):
                 for k in ("dataset_file", "run_dir"):
                     assert not Path(r[k]).is_absolute(), (folder, k, r[k])
+
+
+def _table(text: str, first: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the first markdown table whose header starts with ``| first |``."""
+    lines = text.splitlines()
+    i = next(k for k, ln in enumerate(lines) if ln.startswith(f"| {first} |"))
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")]
+             for ln in itertools.takewhile(lambda ln: ln.startswith("|"), lines[i:])]
+    return cells[0], cells[2:]
+
+
+def test_readme_headline_numbers_are_the_committed_tables() -> None:
+    """Every number the README's learning table shows is the committed RESULTS.md's: the
+    mean ± 2σ of each method and the target verdicts, dataset by dataset."""
+    readme = (ROOT / "README.md").read_text()
+    headline = readme.split("<!-- results:headline -->", 1)[1].split("<!-- /results:headline",
+                                                                      1)[0]
+    results = (RESULTS / "RESULTS.md").read_text()
+    head, rows = _table(headline, "dataset")
+    r_head, r_rows = _table(results, "dataset")
+    t_head, t_rows = _table(results.split("## Targets", 1)[1], "dataset")
+    by_name = {re.sub(r"\[([^]]+)\].*", r"\1", r[0]): r for r in r_rows}
+    targets = {r[0]: r for r in t_rows}
+    assert rows, "the README's learning table is empty"
+    for row in rows:
+        name = row[0].strip("`")
+        full = by_name[name]
+        for label, cell in zip(head[1:], row[1:]):
+            if label in r_head:
+                assert full[r_head.index(label)].startswith(cell), (name, label, cell)
+            elif label in t_head:
+                assert targets[name][t_head.index(label)].startswith(cell), (name, label, cell)
+            else:
+                raise AssertionError(f"README column {label!r} is in neither table")
