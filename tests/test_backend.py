@@ -123,8 +123,6 @@ def _package_imports(path, lazy=True):
     return names
 
 
-
-
 def test_layering_is_one_way():
     """ops -> backends -> _checks; ops -> kernels only lazily (inside functions); kernels import
     nothing of the package but ``_checks`` and each other; backends finds kernels by name."""
@@ -133,8 +131,7 @@ def test_layering_is_one_way():
     pkg = Path(vf.__file__).parent
     for path in sorted((pkg / "kernels").glob("*.py")):
         outside = {m for m in _package_imports(path) if not m.startswith("vgm2p_fast.kernels")}
-        allowed = {"vgm2p_fast._checks"}
-        assert outside <= allowed, (path.name, outside)
+        assert outside <= {"vgm2p_fast._checks"}, (path.name, outside)
     assert _package_imports(pkg / "backends.py") == {"vgm2p_fast._checks"}
     assert _package_imports(pkg / "_checks.py") == set()
     for path in sorted((pkg / "ops").glob("*.py")):

@@ -83,12 +83,7 @@ class StaticActor:
             raise ValueError(f"policy: expected a MeanFlowPolicy, found {type(policy).__name__}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, found {batch_size!r}")
-        sampling._check_guidance(test_guidance)
-        if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-            raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
-        if sampler not in sampling.SAMPLERS:
-            raise ValueError(f"sampler: expected one of {sorted(sampling.SAMPLERS)}, "
-                             f"found {sampler!r}")
+        sampling.check_sampling(test_guidance, n_steps, sampler)
         if cond is not None and (not isinstance(cond, int) or isinstance(cond, bool)):
             raise ValueError(f"cond: expected an int token or None (fixed at capture), found "
                              f"{type(cond).__name__}")

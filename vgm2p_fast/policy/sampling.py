@@ -40,9 +40,16 @@ def _token(net: VelocityNetwork, cond, batch: int) -> torch.Tensor | int:
     return net._check_cond(cond, batch)
 
 
-def _check_guidance(w: object) -> None:
-    if not isinstance(w, (int, float)) or not w > 0 or w == float("inf"):
-        raise ValueError(f"test_guidance: expected a finite number > 0, found {w!r}")
+def check_sampling(test_guidance: object, n_steps: object, sampler: object) -> None:
+    """ValueError naming the first bad sampling option of :func:`act` (also checked by
+    ``cuda_graph.StaticActor`` when it is built)."""
+    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
+        raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, found {sampler!r}")
+    if not isinstance(test_guidance, (int, float)) or not test_guidance > 0 \
+            or test_guidance == float("inf"):
+        raise ValueError(f"test_guidance: expected a finite number > 0, found {test_guidance!r}")
 
 
 def check_finite_obs(obs: torch.Tensor) -> None:
@@ -92,11 +99,7 @@ def act(net: VelocityNetwork, obs: torch.Tensor, avail_actions: torch.Tensor | N
                          device=dev)
     elif avail_actions is not None:
         raise ValueError("avail_actions: expected None for continuous actions, found a mask")
-    if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 1:
-        raise ValueError(f"n_steps: expected an int >= 1, found {n_steps!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, found {sampler!r}")
-    _check_guidance(test_guidance)
+    check_sampling(test_guidance, n_steps, sampler)
     cond = _token(net, cond, batch)
     lean = plan is not None and plan.lean and n_steps == 1 and isinstance(cond, int)
     if noise is not None:
