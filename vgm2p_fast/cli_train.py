@@ -194,7 +194,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps (default: what the run was trained to use, 1 for VGM²P)")
     p.add_argument("--noise", choices=list(EVAL_NOISE), default=None,
-                   help="initial noise: sample e ~ N(0, I) or zero (default: the run's)")
+                   help="initial noise: sample e ~ N(0, I), zero, or auto (zero for discrete "
+                   "actions, sample for continuous) (default: the run's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:<i> (default: cpu)")
     p.add_argument("--json", action="store_true", help="print only the result, as JSON")
     p.set_defaults(func=cmd_eval)

@@ -35,19 +35,42 @@ def references(ds: OfflineDataset) -> tuple[float, float] | None:
     return None
 
 
+def resolve_noise(noise: str, discrete: bool) -> str:
+    """The initial noise an evaluation uses: ``auto`` is ``zero`` (e = 0: the mode of the
+    generated one-hot) for discrete actions and ``sample`` for continuous ones; ``sample`` and
+    ``zero`` are returned as given."""
+    if noise not in ("auto", "sample", "zero"):
+        raise ValueError(f"noise: expected auto, sample or zero, found {noise!r}")
+    if noise == "auto":
+        return "zero" if discrete else "sample"
+    return noise
+
+
+def _initial_noise(policy: MeanFlowPolicy, noise: str, obs: torch.Tensor
+                   ) -> torch.Tensor | None:
+    """e = 0 [B, N, D] for obs [B, N, obs_dim] when ``noise`` resolves to zero, else None
+    (``act`` samples e ~ N(0, I))."""
+    if resolve_noise(noise, policy.discrete) != "zero":
+        return None
+    return torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=obs.dtype,
+                       device=obs.device)
+
+
 def evaluate_policy(policy: MeanFlowPolicy | MLPPolicy, env: str, episodes: int, seed: int,
                     test_guidance: float = 1.0, n_steps: int = 1, sampler: str = "meanflow",
-                    noise: str = "sample") -> dict[str, Any]:
+                    noise: str = "auto") -> dict[str, Any]:
     """Roll ``policy`` out in ``env`` (``vgm2p_fast.envs``), decentralised, under the
     advantageous token: ``n_steps`` network evaluations per agent and step (1 for MeanFlow).
 
     ``noise``: ``sample`` draws the initial noise e ~ N(0, I) (seeded by ``seed``), ``zero``
-    uses e = 0 (the flow's deterministic action). An MLPPolicy is deterministic and ignores
+    uses e = 0 (the flow's deterministic action), ``auto`` (:func:`resolve_noise`) is zero for
+    discrete actions and sample for continuous ones. An MLPPolicy is deterministic and ignores
     the sampling options. Output that jaxmarl or gymnasium print goes to stderr, so a caller
     can write JSON alone on stdout.
     """
     policy = policy.eval()
     dev, dtype = policy.obs_mean.device, policy.obs_mean.dtype
+    resolve_noise(noise, policy.discrete)  # a bad value fails before the environment starts
 
     def act(obs: torch.Tensor, avail: torch.Tensor | None) -> torch.Tensor:
         obs = torch.as_tensor(obs, dtype=dtype, device=dev)
@@ -55,10 +78,8 @@ def evaluate_policy(policy: MeanFlowPolicy | MLPPolicy, env: str, episodes: int,
             avail = torch.as_tensor(avail, dtype=torch.bool, device=dev)
         if isinstance(policy, MLPPolicy):
             return policy.act(obs, avail).cpu()
-        e = (torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=dtype,
-                         device=dev) if noise == "zero" else None)
         return policy.act(obs, avail, test_guidance=test_guidance, n_steps=n_steps,
-                          sampler=sampler, noise=e).cpu()
+                          sampler=sampler, noise=_initial_noise(policy, noise, obs)).cpu()
 
     with contextlib.redirect_stdout(sys.stderr):
         return envs.evaluate(act, env, episodes, seed=seed)
@@ -99,8 +120,7 @@ class Evaluator:
         if isinstance(policy, MLPPolicy):
             act = policy.act(obs, avail)
         else:
-            e = torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=obs.dtype,
-                            device=obs.device) if self.kw["noise"] == "zero" else None
+            e = _initial_noise(policy, self.kw["noise"], obs)
             gen = torch.Generator(device=obs.device).manual_seed(self.seed)
             act = policy.act(obs, avail, test_guidance=self.kw["test_guidance"],
                              n_steps=self.kw["n_steps"], sampler=self.kw["sampler"], noise=e,
