@@ -1,13 +1,18 @@
-"""Evaluation's initial-noise option: ``auto`` acts with the mode (e = 0) for discrete actions
-and samples e ~ N(0, I) for continuous ones; the trainer, ``evaluate_policy`` and
-``vgm2p eval`` all resolve it the same way."""
+"""The initial-noise option of acting outside training: ``auto`` acts with the mode (e = 0) for
+discrete actions and samples e ~ N(0, I) for continuous ones; the trainer's evaluation,
+``evaluate_policy``, ``vgm2p eval`` and the integration adapters all resolve it with
+``policy.sampling.resolve_noise``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vgm2p_fast.integrations import act_batched
+from vgm2p_fast.integrations.ogmarl import MeanFlowSystem
+from vgm2p_fast.integrations.pymarl import MeanFlowMAC
 from vgm2p_fast.policy import MeanFlowPolicy, MLPPolicy
+from vgm2p_fast.policy.sampling import resolve_noise
 from vgm2p_fast.train import TrainConfig
 from vgm2p_fast.train import evaluation as ev
 
@@ -16,12 +21,13 @@ from vgm2p_fast.train import evaluation as ev
     ("auto", True, "zero"), ("auto", False, "sample"), ("sample", True, "sample"),
     ("sample", False, "sample"), ("zero", True, "zero"), ("zero", False, "zero")])
 def test_resolve_noise(noise, discrete, expected):
-    assert ev.resolve_noise(noise, discrete) == expected
+    assert resolve_noise(noise, discrete) == expected
 
 
 def test_resolve_noise_names_a_bad_value():
-    with pytest.raises(ValueError, match=r"noise: expected auto, sample or zero, found 'mode'"):
-        ev.resolve_noise("mode", True)
+    with pytest.raises(ValueError,
+                       match=r"noise: expected one of auto, sample, zero, found 'mode'"):
+        resolve_noise("mode", True)
 
 
 def test_default_is_auto():
@@ -60,7 +66,7 @@ def test_evaluate_policy_acts_with_the_resolved_noise(monkeypatch, discrete, noi
     calls: list = []
     monkeypatch.setattr(ev.envs, "evaluate", _fake_env(obs, avail, calls))
     ev.evaluate_policy(policy, "any", 1, 0, noise=noise)
-    zero = ev.resolve_noise(noise, discrete) == "zero"
+    zero = resolve_noise(noise, discrete) == "zero"
     assert all((e is not None) == zero for e in seen)
     if zero:
         assert all(float(e.abs().sum()) == 0.0 and e.shape == (64, 2, 4) for e in seen)
@@ -86,3 +92,43 @@ def test_mlp_policy_ignores_the_noise(monkeypatch):
     monkeypatch.setattr(ev.envs, "evaluate", _fake_env(obs, avail, calls))
     ev.evaluate_policy(policy, "any", 1, 0, noise="auto")
     assert torch.equal(calls[0], policy.act(obs, avail))
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_act_batched_noise(discrete):
+    """auto == zero (e = 0) for discrete policies and == sample (the same RNG stream as
+    ``policy.act``) for continuous ones."""
+    policy = _policy(discrete)
+    obs = torch.randn(2, 16, 2, 5)
+    flat = obs.reshape(32, 2, 5)
+    zero = policy.act(flat, noise=torch.zeros(32, 2, 4)).reshape(2, 16, *([2] if discrete
+                                                                          else [2, 4]))
+    torch.manual_seed(3)
+    sampled = policy.act(flat).reshape(zero.shape)
+    torch.manual_seed(3)
+    auto = act_batched(policy, obs)
+    assert torch.equal(auto, zero if discrete else sampled)
+    assert torch.equal(act_batched(policy, obs, noise="zero"), zero)
+    torch.manual_seed(3)
+    assert torch.equal(act_batched(policy, obs, noise="sample"), sampled)
+    if not discrete:
+        assert not torch.equal(zero, sampled)
+
+
+def test_adapters_pass_their_noise_and_name_a_bad_one():
+    policy = _policy(True)
+    obs = torch.randn(8, 2, 5)
+    zero = policy.act(obs, noise=torch.zeros(8, 2, 4))
+    assert torch.equal(MeanFlowMAC(policy).select_actions(obs), zero)
+    system = MeanFlowSystem(policy, ["a", "b"], noise="zero")
+    got = system.select_actions({"a": obs[:, 0].numpy(), "b": obs[:, 1].numpy()})
+    assert torch.equal(torch.stack([torch.as_tensor(got["a"]), torch.as_tensor(got["b"])], 1),
+                       zero)
+    torch.manual_seed(5)
+    sampled = MeanFlowMAC(policy, noise="sample").select_actions(obs)
+    torch.manual_seed(5)
+    assert torch.equal(sampled, policy.act(obs))
+    for make in (lambda: MeanFlowMAC(policy, noise="mode"),
+                 lambda: MeanFlowSystem(policy, ["a", "b"], noise="mode")):
+        with pytest.raises(ValueError, match="noise: expected one of"):
+            make()

@@ -11,7 +11,9 @@ never needs them:
   ``select_actions(observations: dict[agent, array], legals) -> dict[agent, array]``, numpy.
 
 All of them act with one network evaluation per agent under the advantageous condition token
-(``MeanFlowPolicy.act``); the noise comes from torch's global RNG unless a generator is given.
+(``MeanFlowPolicy.act``). Their ``noise`` option (default ``auto``) acts with e = 0, the mode,
+for discrete policies and samples e ~ N(0, I) for continuous ones, from torch's global RNG
+unless a generator is given.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from .._checks import FLOAT_DTYPES, check_tensor
 from ..policy import MeanFlowPolicy
+from ..policy.sampling import resolve_noise
 
 __all__ = ["act_batched", "require"]
 
@@ -40,7 +43,7 @@ def require(module: str, package: str, extra: str, adapter: str) -> ModuleType:
 
 def act_batched(policy: MeanFlowPolicy, obs: torch.Tensor,
                 avail_actions: torch.Tensor | None = None, *, guidance: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, noise: str = "auto") -> torch.Tensor:
     """``policy.act`` over any number of leading batch dimensions.
 
     Args:
@@ -49,6 +52,9 @@ def act_batched(policy: MeanFlowPolicy, obs: torch.Tensor,
         avail_actions: (..., N, K) bool or 0/1 ints (discrete policies), or None.
         guidance: test-time guidance w (1 = off).
         generator: RNG of the noise e ~ N(0, I), on the policy's device (None: torch's global one).
+        noise: ``sample`` e ~ N(0, I), ``zero`` e = 0, or ``auto`` (zero for discrete policies:
+            their mode, the measured better choice; sample for continuous ones), as
+            ``vgm2p train``'s evaluation acts by default.
 
     Returns:
         continuous: (..., N, D) float actions in the policy's bounds; discrete: (..., N) int64
@@ -74,7 +80,10 @@ def act_batched(policy: MeanFlowPolicy, obs: torch.Tensor,
     # generator overload, which rejects the symbolic batch size of a recompiled graph (torch
     # 2.13: every batch size after the first failed to compile).
     shape = (flat.shape[0], n, policy.action_dim)
-    rng = {} if generator is None else {"generator": generator}
-    noise = torch.randn(shape, device=ref.device, dtype=ref.dtype, **rng)
-    actions = policy.act(flat, avail_actions, guidance=guidance, noise=noise)
+    if resolve_noise(noise, policy.discrete) == "zero":
+        e = torch.zeros(shape, device=ref.device, dtype=ref.dtype)
+    else:
+        rng = {} if generator is None else {"generator": generator}
+        e = torch.randn(shape, device=ref.device, dtype=ref.dtype, **rng)
+    actions = policy.act(flat, avail_actions, guidance=guidance, noise=e)
     return actions.reshape(*lead, *actions.shape[1:]).to(obs.device)

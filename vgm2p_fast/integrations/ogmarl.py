@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..policy import MeanFlowPolicy
+from ..policy.sampling import resolve_noise
 from . import act_batched
 
 
@@ -31,11 +32,13 @@ class MeanFlowSystem:
         guidance: test-time guidance w (1 = off).
         seed: seeds a private torch generator for the noise (reproducible runs); None uses
             torch's global RNG.
+        noise: initial noise, ``auto`` (zero for a discrete policy, its mode; sample for a
+            continuous one), ``sample`` or ``zero`` (``act_batched``).
     """
 
     def __init__(self, policy: MeanFlowPolicy, agents: Sequence[str], *,
                  action_dims: Mapping[str, int] | None = None, guidance: float = 1.0,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, noise: str = "auto") -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"policy: expected a vgm2p_fast.MeanFlowPolicy, found "
                              f"{type(policy).__name__}")
@@ -53,6 +56,8 @@ class MeanFlowSystem:
                                  f"each of {self.agents}, found {dict(action_dims)}")
             dims = {a: int(action_dims[a]) for a in self.agents}
         self.policy, self.action_dims, self.guidance = policy.eval(), dims, float(guidance)
+        resolve_noise(noise, policy.discrete)
+        self.noise = noise
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator(policy.obs_mean.device).manual_seed(seed)
@@ -100,7 +105,7 @@ class MeanFlowSystem:
                 raise ValueError(f"legals: expected the observations' batch shape "
                                  f"{tuple(obs.shape[:-2])}, found {tuple(avail.shape[:-2])}")
         actions = act_batched(p, obs, avail, guidance=self.guidance,
-                              generator=self.generator).numpy()
+                              generator=self.generator, noise=self.noise).numpy()
         if p.discrete:
             return {a: actions[..., i] for i, a in enumerate(self.agents)}
         return {a: actions[..., i, : self.action_dims[a]] for i, a in enumerate(self.agents)}

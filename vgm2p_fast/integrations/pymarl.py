@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..policy import MeanFlowPolicy
+from ..policy.sampling import resolve_noise
 from . import act_batched
 
 _MODEL_FILE = "policy.pt"
@@ -36,15 +37,20 @@ class MeanFlowMAC:
     Args:
         policy: the trained MeanFlowPolicy (shared or per-agent parameters).
         guidance: test-time guidance w (1 = off: one network evaluation per agent).
+        noise: initial noise, ``auto`` (zero for a discrete policy, its mode; sample for a
+            continuous one), ``sample`` or ``zero`` (``act_batched``).
     """
 
-    def __init__(self, policy: MeanFlowPolicy, *, guidance: float = 1.0) -> None:
+    def __init__(self, policy: MeanFlowPolicy, *, guidance: float = 1.0,
+                 noise: str = "auto") -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"policy: expected a vgm2p_fast.MeanFlowPolicy, found "
                              f"{type(policy).__name__}")
         self.policy = policy.eval()
         self.n_agents = policy.n_agents
         self.guidance = float(guidance)
+        resolve_noise(noise, policy.discrete)
+        self.noise = noise
 
     def select_actions(self, obs: torch.Tensor, avail_actions: torch.Tensor | None = None,
                        t_env: int = 0, test_mode: bool = False,
@@ -56,8 +62,8 @@ class MeanFlowMAC:
             avail_actions: [B, N, K] 0/1 ints or bool (``ep_batch["avail_actions"][:, t_ep]``),
                 discrete policies; an unavailable action is never chosen. None: all available.
             t_env, test_mode: accepted for drop-in compatibility; they change nothing: the
-                policy was trained offline and has no exploration schedule (its sampling noise
-                is part of the learned policy, in training and in test runs alike).
+                policy was trained offline and has no exploration schedule (its ``noise`` option
+                applies in training and in test runs alike).
             bs: batch entries to act for.
 
         Returns:
@@ -66,7 +72,7 @@ class MeanFlowMAC:
         """
         del t_env, test_mode  # see the docstring: no exploration schedule to apply
         avail = None if avail_actions is None else avail_actions[bs]
-        return act_batched(self.policy, obs[bs], avail, guidance=self.guidance)
+        return act_batched(self.policy, obs[bs], avail, guidance=self.guidance, noise=self.noise)
 
     def init_hidden(self, batch_size: int) -> None:
         """No-op: the MeanFlow policy is feed-forward, it carries no hidden state."""

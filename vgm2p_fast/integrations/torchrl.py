@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..policy import MeanFlowPolicy
+from ..policy.sampling import resolve_noise
 from . import act_batched, require
 
 _tdnn = require("tensordict.nn", "torchrl", "torchrl", "torchrl")
@@ -47,6 +48,8 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
         mask_key: the action-mask key of discrete envs that provide one (PettingZoo wrappers:
             ``("agents", "action_mask")``), or None. Unavailable actions are never chosen.
         guidance: test-time guidance w (1 = off: one network evaluation per agent).
+        noise: initial noise, ``auto`` (zero for a discrete policy, its mode; sample for a
+            continuous one), ``sample`` or ``zero`` (``act_batched``).
 
     ``forward`` is plain tensor code (no Python loops over agents or envs), so
     ``torch.compile(actor)`` runs it, across batch sizes: one graph for a continuous policy; a
@@ -56,7 +59,8 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
     def __init__(self, policy: MeanFlowPolicy,
                  in_keys: Sequence[NestedKey] = (("agents", "observation"),),
                  out_keys: Sequence[NestedKey] = (("agents", "action"),),
-                 mask_key: NestedKey | None = None, *, guidance: float = 1.0) -> None:
+                 mask_key: NestedKey | None = None, *, guidance: float = 1.0,
+                 noise: str = "auto") -> None:
         super().__init__()
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"policy: expected a vgm2p_fast.MeanFlowPolicy, found "
@@ -69,6 +73,8 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
         self.action_key = _one_key("out_keys", out_keys)
         self.mask_key = mask_key
         self.guidance = float(guidance)
+        resolve_noise(noise, policy.discrete)
+        self.noise = noise
         self.in_keys = [self.obs_key] + ([] if mask_key is None else [mask_key])
         self.out_keys = [self.action_key]
 
@@ -76,7 +82,7 @@ class MeanFlowActor(_tdnn.TensorDictModuleBase):
         """Writes ``out_keys[0]`` into ``tensordict`` (in place) and returns it."""
         mask = None if self.mask_key is None else tensordict.get(self.mask_key)
         action = act_batched(self.policy, tensordict.get(self.obs_key), mask,
-                             guidance=self.guidance)
+                             guidance=self.guidance, noise=self.noise)
         tensordict.set(self.action_key, action)
         return tensordict
 

@@ -26,6 +26,22 @@ from .network import VelocityNetwork
 
 # name -> whether steps use the average velocity u(z, r, t) (True) or u(z, t, t) (False)
 SAMPLERS: dict[str, bool] = {"meanflow": True, "euler": False}
+# Initial noise of acting outside training: sample e ~ N(0, I), zero e = 0, or auto = zero for
+# discrete actions (the mode of the generated one-hot) and sample for continuous ones. On
+# smax-2s3z-medium one VGM²P model returned 0.95 (15 % wins over 100 episodes) sampled and
+# 1.48 (55 %) at e = 0; on hopper-3x1-medium e = 0 was no better (29.3 against 29.7 sampled,
+# 3 seeds of the same training; benchmarks/results/ablations/ABLATIONS.md).
+NOISE = ("auto", "sample", "zero")
+
+
+def resolve_noise(noise: str, discrete: bool) -> str:
+    """``auto`` -> ``zero`` for discrete actions, ``sample`` for continuous ones; ``sample``
+    and ``zero`` unchanged; anything else is a ValueError naming ``noise``."""
+    if noise not in NOISE:
+        raise ValueError(f"noise: expected one of {', '.join(NOISE)}, found {noise!r}")
+    if noise == "auto":
+        return "zero" if discrete else "sample"
+    return noise
 
 
 def _token(net: VelocityNetwork, cond, batch: int) -> torch.Tensor | int:

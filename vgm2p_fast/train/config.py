@@ -13,11 +13,12 @@ from typing import Any
 
 from ..advantage import ESTIMATORS
 from ..datasets import BUNDLED_DEFAULT
+from ..policy.sampling import NOISE
 from ..value import CONDITIONS
 
 POLICY_LOSSES = ("meanflow", "flow_matching", "mse")
 WEIGHTINGS = ("none", "awr")
-EVAL_NOISE = ("auto", "sample", "zero")
+EVAL_NOISE = NOISE
 
 # Methods of the results tables: one name -> the options that make it (all on the same
 # network, data and budget). `vgm2p train --method NAME` sets them; explicit options win.
@@ -97,9 +98,8 @@ class TrainConfig:
     eval_every: int = _f(0, "policy steps between evaluations (0: steps / 5, so >= 5 of them)")
     eval_episodes: int = _f(10, "episodes per evaluation (0: no evaluation)")
     eval_seed: int = _f(10_000, "seed of the evaluation episodes (the same at every evaluation)")
-    # auto: e = 0 (the mode) for discrete actions, sampled for continuous. On smax-2s3z-medium
-    # sampling returned 0.95 (15 % wins, 100 episodes) against 1.48 (55 %) for e = 0 from the
-    # same VGM²P model; on Hopper e = 0 was no better (29.3 vs 32.0, ABLATIONS.md).
+    # auto: e = 0 (the mode) for discrete actions, sampled for continuous (policy.sampling.NOISE
+    # has the measurements)
     eval_noise: str = _f("auto", "initial noise of evaluation actions: sample e ~ N(0, I), "
                          "zero e = 0, auto = zero for discrete actions and sample for "
                          "continuous", EVAL_NOISE)

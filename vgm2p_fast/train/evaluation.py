@@ -14,6 +14,7 @@ import torch
 from .. import envs
 from ..datasets import OfflineDataset
 from ..policy import MeanFlowPolicy, MLPPolicy
+from ..policy.sampling import resolve_noise
 
 
 def normalised_score(ret: float, refs: tuple[float, float] | None) -> float | None:
@@ -35,17 +36,6 @@ def references(ds: OfflineDataset) -> tuple[float, float] | None:
     return None
 
 
-def resolve_noise(noise: str, discrete: bool) -> str:
-    """The initial noise an evaluation uses: ``auto`` is ``zero`` (e = 0: the mode of the
-    generated one-hot) for discrete actions and ``sample`` for continuous ones; ``sample`` and
-    ``zero`` are returned as given."""
-    if noise not in ("auto", "sample", "zero"):
-        raise ValueError(f"noise: expected auto, sample or zero, found {noise!r}")
-    if noise == "auto":
-        return "zero" if discrete else "sample"
-    return noise
-
-
 def _initial_noise(policy: MeanFlowPolicy, noise: str, obs: torch.Tensor
                    ) -> torch.Tensor | None:
     """e = 0 [B, N, D] for obs [B, N, obs_dim] when ``noise`` resolves to zero, else None
@@ -63,7 +53,7 @@ def evaluate_policy(policy: MeanFlowPolicy | MLPPolicy, env: str, episodes: int,
     advantageous token: ``n_steps`` network evaluations per agent and step (1 for MeanFlow).
 
     ``noise``: ``sample`` draws the initial noise e ~ N(0, I) (seeded by ``seed``), ``zero``
-    uses e = 0 (the flow's deterministic action), ``auto`` (:func:`resolve_noise`) is zero for
+    uses e = 0 (the flow's deterministic action), ``auto`` (``sampling.resolve_noise``) is zero for
     discrete actions and sample for continuous ones. An MLPPolicy is deterministic and ignores
     the sampling options. Output that jaxmarl or gymnasium print goes to stderr, so a caller
     can write JSON alone on stdout.
