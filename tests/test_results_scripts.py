@@ -86,6 +86,34 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     for png in ("results.png", "sweep.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
+    # reevaluate.py: the final policy again, on other episodes, once per noise setting; the
+    # numbers are evaluate_policy's and the normalisation the table's.
+    from vgm2p_fast.policy import load_policy
+    from vgm2p_fast.train.evaluation import evaluate_policy
+
+    re_csv = tmp_path / "re.csv"
+    res = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
+               "--methods", "vgm2p", "--seeds", "0", "--episodes", "2", "--eval-seed", "7",
+               "--noise", "auto", "zero", "--csv", str(re_csv))
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(re_csv, newline="") as f:
+        got = {r["noise"]: r for r in csv.DictReader(f)}
+    assert sorted(got) == ["auto", "zero"]
+    run_dir = runs / "halfcheetah-2x3-small" / "vgm2p" / "seed0"
+    policy = load_policy(run_dir / "policy.pt")
+    for noise, r in got.items():
+        ref = evaluate_policy(policy, "mamujoco/HalfCheetah-2x3", 2, 7, noise=noise)
+        assert (r["episodes"], r["eval_seed"]) == ("2", "7")
+        assert float(r["return_mean"]) == pytest.approx(ref["return_mean"], rel=1e-6)
+        assert float(r["normalised"]) == pytest.approx(
+            100 * (ref["return_mean"] - lo) / (hi - lo), rel=1e-6)
+    table = _run("reevaluate.py", "--render", "--csv", str(re_csv)).stdout
+    assert re.search(r"\| halfcheetah-2x3-small \| vgm2p \| zero \| 1 \| 2 \| -?\d+\.\d ± 0\.0 \|",
+                     table), table
+    bad = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
+               "--seeds", "5", "--csv", str(re_csv))
+    assert bad.returncode == 2 and "not a finished run" in bad.stderr
+
 
 def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
     """ABLATIONS.md is what ``ablations.py --render`` writes from the runs.csv beside it."""

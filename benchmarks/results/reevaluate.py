@@ -1,0 +1,131 @@
+"""Re-evaluate finished runs of ``run.py`` on more episodes and other noise settings.
+
+A SMAX episode ends in a win (return 2.0) or a loss (~0.6-1.0), so the mean of the table's 10
+evaluation episodes has a standard error of ~0.15 (~13 normalised points) on its own, as large
+as the differences the targets judge. This script loads each run's final ``policy.pt`` and
+evaluates it again, on ``--episodes`` episodes from ``--eval-seed`` (not the training
+evaluation's seeds), once per ``--noise`` setting (``auto``, ``sample`` or ``zero``; an MLP
+policy is deterministic and is evaluated once, noise ``none``). One csv row per evaluation:
+
+    python benchmarks/results/reevaluate.py --runs benchmarks/results/table-runs \\
+        --datasets smax-2s3z-medium smax-3m-medium --methods vgm2p meanflow-bc mlp-bc \\
+        --seeds 0 1 --episodes 100 --noise auto sample --csv benchmarks/results/reevaluate.csv
+
+``--render`` prints the csv as a markdown table (mean ± 2σ over seeds, σ = sd / √n, of the
+normalised return; win rate over all episodes), which docs/results.md shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import read_csv, repo_relative  # noqa: E402  (the table's csv and path conventions)
+
+COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "return_mean",
+           "return_std", "win_rate", "normalised", "run_dir", "commit"]
+
+
+def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> dict:
+    """One evaluation of ``run_dir/policy.pt`` (the run's env, guidance and step count)."""
+    from vgm2p_fast.policy import MLPPolicy, load_policy
+    from vgm2p_fast.train.evaluation import evaluate_policy, normalised_score
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    policy = load_policy(run_dir / "policy.pt")
+    meta = policy.metadata
+    mlp = isinstance(policy, MLPPolicy)
+    res = evaluate_policy(policy, meta["env"], episodes, eval_seed,
+                          meta.get("test_guidance", 1.0), meta.get("eval_steps", 1),
+                          meta.get("sampler", "meanflow"), "auto" if mlp else noise)
+    refs = summary.get("references")
+    score = normalised_score(res["return_mean"], tuple(refs) if refs else None)
+    commit = run_dir / "commit.txt"
+    return {"noise": "none" if mlp else noise, "episodes": episodes, "eval_seed": eval_seed,
+            "return_mean": res["return_mean"], "return_std": res["return_std"],
+            "win_rate": res.get("win_rate", ""), "normalised": "" if score is None else score,
+            "run_dir": repo_relative(run_dir),
+            "commit": commit.read_text().strip() if commit.exists() else ""}
+
+
+def render(rows: list[dict[str, str]]) -> str:
+    """Markdown: one line per (dataset, method, noise), mean ± 2σ over seeds."""
+    cells: dict[tuple[str, str, str], list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        cells[(r["dataset"], r["method"], r["noise"])].append(r)
+    lines = ["| dataset | method | noise | seeds | episodes | normalised (mean ± 2σ) | return "
+             "| win rate |", "|---|---|---|---|---|---|---|---|"]
+    for (ds, m, noise), rs in sorted(cells.items()):
+        norm = [float(r["normalised"]) for r in rs if r["normalised"] != ""]
+        ret = sum(float(r["return_mean"]) for r in rs) / len(rs)
+        n = len(norm)
+        if n:
+            mean = sum(norm) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in norm) / (n - 1)) if n > 1 else 0.0
+            score = f"{mean:.1f} ± {2 * sd / math.sqrt(n):.1f}"
+        else:
+            score = "—"
+        wins = [float(r["win_rate"]) for r in rs if r["win_rate"] != ""]
+        win = f"{100 * sum(wins) / len(wins):.0f} %" if wins else "—"
+        lines.append(f"| {ds} | {m} | {noise} | {len(rs)} | {rs[0]['episodes']} | {score} | "
+                     f"{ret:.3f} | {win} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=Path, default=HERE / "table-runs",
+                   help="root of run.py's run directories (<runs>/<dataset>/<method>/seed<k>)")
+    p.add_argument("--datasets", nargs="+", default=[], help="datasets to re-evaluate")
+    p.add_argument("--methods", nargs="+", default=["vgm2p", "meanflow-bc", "mlp-bc"],
+                   help="methods (run.py's names)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds")
+    p.add_argument("--episodes", type=int, default=100, help="episodes per evaluation")
+    p.add_argument("--eval-seed", type=int, default=20_000,
+                   help="seed of the episodes (default 20000: not training's 10000)")
+    p.add_argument("--noise", nargs="+", default=["auto"], choices=["auto", "sample", "zero"],
+                   help="initial-noise settings, one evaluation each (flow policies)")
+    p.add_argument("--csv", type=Path, default=HERE / "reevaluate.csv",
+                   help="rows are written (and replaced, by dataset/method/seed/noise) here")
+    p.add_argument("--render", action="store_true", help="print the csv as markdown and exit")
+    a = p.parse_args(argv)
+    old = read_csv(a.csv)
+    if a.render:
+        print(render(old), end="")
+        return 0
+    if a.episodes < 1:
+        p.error(f"--episodes: expected >= 1, found {a.episodes}")
+    if not a.datasets:
+        p.error("--datasets: expected at least one dataset")
+    key = lambda r: (r["dataset"], r["method"], int(r["seed"]), r["noise"])  # noqa: E731
+    rows = {key(r): r for r in old}
+    for ds in a.datasets:
+        for m in a.methods:
+            for s in a.seeds:
+                run_dir = a.runs / ds / m / f"seed{s}"
+                if not (run_dir / "summary.json").exists():
+                    p.error(f"{run_dir}: not a finished run (no summary.json)")
+                for noise in a.noise:
+                    r = {"dataset": ds, "method": m, "seed": s,
+                         **evaluate_run(run_dir, noise, a.episodes, a.eval_seed)}
+                    rows[key(r)] = {k: str(r[k]) for k in COLUMNS}
+                    print(f"{ds} {m} seed{s} {r['noise']}: {r['return_mean']:.3f}", flush=True)
+                    if r["noise"] == "none":
+                        break
+    a.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(a.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows[k] for k in sorted(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
