@@ -27,10 +27,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import read_csv, repo_relative  # noqa: E402  (the table's csv and path conventions)
+from run import read_csv  # noqa: E402  (the table's csv convention)
 
+# (dataset, method, seed) name the run (``<runs>/<dataset>/<method>/seed<k>``); commit is the
+# code it was trained at (its commit.txt).
 COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "return_mean",
-           "return_std", "win_rate", "normalised", "run_dir", "commit"]
+           "return_std", "win_rate", "normalised", "commit"]
 
 
 def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> dict:
@@ -51,7 +53,6 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     return {"noise": "none" if mlp else noise, "episodes": episodes, "eval_seed": eval_seed,
             "return_mean": res["return_mean"], "return_std": res["return_std"],
             "win_rate": res.get("win_rate", ""), "normalised": "" if score is None else score,
-            "run_dir": repo_relative(run_dir),
             "commit": commit.read_text().strip() if commit.exists() else ""}
 
 
