@@ -297,8 +297,9 @@ def render(rows: list[dict], sweep: dict, methods: list[str], seeds, plots: list
         if aimed:
             counts = ", ".join(f"{k}: {sum(v[k].startswith('yes') for _, v in aimed)} of "
                                f"{len(aimed)}" for k in keys)
+            names = ", ".join(LABELS[m] for m in JUDGED[:-1]) + f" and {LABELS[JUDGED[-1]]}"
             lines += ["", f"On the medium and medium-replay rows: {counts}. Rows without "
-                      "every seed of VGM²P, MLP-BC and MeanFlow-BC are not judged."]
+                      f"every seed of {names} are not judged."]
     for key, title, fmt in (
             ("win", "Win rates (mean over seeds and evaluation episodes):",
              lambda v: f"{100 * v:.0f}%"),
