@@ -192,3 +192,49 @@ def test_readme_headline_numbers_are_the_committed_tables() -> None:
                 assert targets[name][t_head.index(label)].startswith(cell), (name, label, cell)
             else:
                 raise AssertionError(f"README column {label!r} is in neither table")
+
+
+def _mean(cell: str) -> float:
+    return float(cell.strip("*").split(" ±")[0])
+
+
+def test_docs_results_tables_are_the_committed_tables() -> None:
+    """docs/results.md's medium table is RESULTS.md's (each cell, and the 'VGM²P − best
+    baseline' column recomputed from its means), and its 100-episode SMAX table is
+    reevaluate.py --render's (score, return, win rate and seed count of every cell)."""
+    sys.path.insert(0, str(RESULTS))
+    from make_table import BASELINES, LABELS
+
+    docs = (ROOT / "docs" / "results.md").read_text()
+    results = (RESULTS / "RESULTS.md").read_text()
+    r_head, r_rows = _table(results, "dataset")
+    by_name = {re.sub(r"\[([^]]+)\].*", r"\1", r[0]): r for r in r_rows}
+    label = lambda h: re.sub(r" \(.*\)$", "", h)  # noqa: E731  ("flow-matching BC (1 seed)")
+    head, rows = _table(docs, "dataset | behaviour | VGM²P | MLP-BC")
+    assert rows, "docs/results.md has no medium table"
+    for row in rows:
+        name = row[0].split(" (")[0]
+        full = dict(zip(r_head, by_name[name]))
+        for h, cell in zip(head[1:], row[1:]):
+            if h == "VGM²P − best baseline":
+                best = max(_mean(full[LABELS[m]]) for m in BASELINES if full[LABELS[m]] != "—")
+                gap = _mean(full["VGM²P"]) - best
+                assert cell.strip("*") == f"{gap:+.1f}".replace("-", "−"), (name, cell, gap)
+                assert cell.startswith("**") == (gap < -0.1 * abs(best)), (name, cell)
+            else:
+                key = "behaviour (data)" if h == "behaviour" else label(h)
+                assert full[key].startswith(cell), (name, h, cell, full[key])
+    res = _run("reevaluate.py", "--render", "--csv", str(RESULTS / "reevaluate.csv"))
+    assert res.returncode == 0, res.stderr
+    _, re_rows = _table(res.stdout, "dataset")
+    # (dataset, method) -> (seeds, "score (return; win)") for the policies' default noise
+    evals = {(r[0], r[1]): (r[3], f"{r[5]} ({r[6]}; {r[7]})") for r in re_rows
+             if r[2] in ("auto", "none")}
+    method_of = {v: k for k, v in LABELS.items()}
+    head, rows = _table(docs.split("### The SMAX rows on 100 episodes", 1)[1], "dataset")
+    assert rows, "docs/results.md has no 100-episode table"
+    for row in rows:
+        for h, cell in zip(head[2:], row[2:]):
+            seeds, text = evals[(row[0], method_of[label(h)])]
+            assert re.search(rf"\({seeds}( seeds)?\)$", h), (h, seeds)
+            assert cell.replace("**", "") == text, (row[0], h, cell, text)
