@@ -194,21 +194,19 @@ def test_readme_headline_numbers_are_the_committed_tables() -> None:
                 raise AssertionError(f"README column {label!r} is in neither table")
 
 
-def _mean(cell: str) -> float:
-    return float(cell.strip("*").split(" ±")[0])
-
-
 def test_docs_results_tables_are_the_committed_tables() -> None:
     """docs/results.md's medium table is RESULTS.md's (each cell, and the 'VGM²P − best
-    baseline' column recomputed from its means), and its 100-episode SMAX table is
+    baseline' column its Targets table's), and its 100-episode SMAX table is
     reevaluate.py --render's (score, return, win rate and seed count of every cell)."""
     sys.path.insert(0, str(RESULTS))
-    from make_table import BASELINES, LABELS
+    from make_table import LABELS
 
     docs = (ROOT / "docs" / "results.md").read_text()
     results = (RESULTS / "RESULTS.md").read_text()
     r_head, r_rows = _table(results, "dataset")
     by_name = {re.sub(r"\[([^]]+)\].*", r"\1", r[0]): r for r in r_rows}
+    t_head, t_rows = _table(results.split("## Targets", 1)[1], "dataset")
+    targets = {r[0]: r for r in t_rows}
     label = lambda h: re.sub(r" \(.*\)$", "", h)  # noqa: E731  ("flow-matching BC (1 seed)")
     head, rows = _table(docs, "dataset | behaviour | VGM²P | MLP-BC")
     assert rows, "docs/results.md has no medium table"
@@ -216,13 +214,17 @@ def test_docs_results_tables_are_the_committed_tables() -> None:
         name = row[0].split(" (")[0]
         full = dict(zip(r_head, by_name[name]))
         for h, cell in zip(head[1:], row[1:]):
-            if h == "VGM²P − best baseline":
-                best = max(_mean(full[LABELS[m]]) for m in BASELINES if full[LABELS[m]] != "—")
-                gap = _mean(full["VGM²P"]) - best
-                assert cell.strip("*") == f"{gap:+.1f}".replace("-", "−"), (name, cell, gap)
-                assert cell.startswith("**") == (gap < -0.1 * abs(best)), (name, cell)
+            if h == "VGM²P − best baseline":   # the Targets table's '≤ 10% below best'
+                verdict = targets[name][t_head.index("≤ 10% below best")]
+                gap = re.search(r"\(([-+][\d.]+)\)", verdict).group(1).replace("-", "−")
+                assert cell.strip("*") == gap, (name, cell, verdict)
+                assert cell.startswith("**") == verdict.startswith("**no"), (name, cell, verdict)
             else:
                 key = "behaviour (data)" if h == "behaviour" else label(h)
+                few = re.search(r" \((\d+)\)$", cell)   # "17.9 ± 3.2 (3)": 3 seeds of 5
+                if few:
+                    cell = cell[:few.start()]
+                    assert re.search(rf"\({few.group(1)}/\d+ seeds\)$", full[key]), (name, h)
                 assert full[key].startswith(cell), (name, h, cell, full[key])
     res = _run("reevaluate.py", "--render", "--csv", str(RESULTS / "reevaluate.csv"))
     assert res.returncode == 0, res.stderr
