@@ -245,3 +245,39 @@ def test_docs_results_tables_are_the_committed_tables() -> None:
             cell = cell[:few.start()] if few else cell
             assert cell.replace("**", "") == text, (row[0], h, cell, text)
             assert cell.startswith("**") == (float(text.split(" ±")[0]) == top), (row[0], h)
+
+
+def test_docs_continuous_noise_table_is_its_csv() -> None:
+    """docs/results.md's 'sampled → e = 0' table is reevaluate.py --render of
+    noise-continuous.csv (both means and the seed count of every cell), its MLP-BC column is
+    RESULTS.md's, and every 'auto' row there reproduces its run's final table evaluation."""
+    sys.path.insert(0, str(RESULTS))
+    from make_table import LABELS
+
+    res = _run("reevaluate.py", "--render", "--csv", str(RESULTS / "noise-continuous.csv"))
+    assert res.returncode == 0, res.stderr
+    _, re_rows = _table(res.stdout, "dataset")
+    evals = {(r[0], r[1], r[2]): (r[5].split(" ±")[0], r[3]) for r in re_rows}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    head, rows = _table(docs.split("### Continuous actions at e = 0", 1)[1], "dataset")
+    r_head, r_rows = _table((RESULTS / "RESULTS.md").read_text(), "dataset")
+    by_name = {re.sub(r"\[([^]]+)\].*", r"\1", r[0]): dict(zip(r_head, r)) for r in r_rows}
+    method_of = {v: k for k, v in LABELS.items()}
+    assert len(rows) == 6, rows
+    for row in rows:
+        for h, cell in zip(head[1:], row[1:]):
+            if h == "MLP-BC (deterministic)":
+                assert by_name[row[0]]["MLP-BC"].startswith(cell + " ±"), (row[0], cell)
+                continue
+            m = method_of[h]
+            want = (f"{evals[(row[0], m, 'auto')][0]} → {evals[(row[0], m, 'zero')][0]} "
+                    f"({evals[(row[0], m, 'zero')][1]})")
+            assert cell == want, (row[0], h, cell, want)
+    with open(RESULTS / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    with open(RESULTS / "noise-continuous.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["noise"] == "auto":
+                got, table = float(r["return_mean"]), final[(r["dataset"], r["method"], r["seed"])]
+                assert abs(got - table) < 1e-6 * abs(table), (r["dataset"], r["method"], r["seed"])
