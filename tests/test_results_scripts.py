@@ -113,6 +113,11 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     bad = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
                "--seeds", "5", "--csv", str(re_csv))
     assert bad.returncode == 2 and "not a finished run" in bad.stderr
+    before = re_csv.read_text()
+    skip = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
+                "--methods", "vgm2p", "--seeds", "5", "--skip-missing", "--csv", str(re_csv))
+    assert skip.returncode == 0 and "seed5: skipped" in skip.stdout, skip.stdout + skip.stderr
+    assert re_csv.read_text() == before   # nothing evaluated, the old rows kept
 
 
 def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:

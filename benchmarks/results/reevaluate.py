@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="initial-noise settings, one evaluation each (flow policies)")
     p.add_argument("--csv", type=Path, default=HERE / "reevaluate.csv",
                    help="rows are written (and replaced, by dataset/method/seed/noise) here")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (and name) a dataset/method/seed without a finished run instead "
+                        "of stopping")
     p.add_argument("--render", action="store_true", help="print the csv as markdown and exit")
     a = p.parse_args(argv)
     old = read_csv(a.csv)
@@ -112,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             for s in a.seeds:
                 run_dir = a.runs / ds / m / f"seed{s}"
                 if not (run_dir / "summary.json").exists():
+                    if a.skip_missing:
+                        print(f"{run_dir}: skipped, not a finished run", flush=True)
+                        continue
                     p.error(f"{run_dir}: not a finished run (no summary.json)")
                 for noise in a.noise:
                     r = {"dataset": ds, "method": m, "seed": s,
