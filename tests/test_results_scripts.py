@@ -129,6 +129,43 @@ def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
     assert (tmp_path / "ABLATIONS.md").read_text() == (folder / "ABLATIONS.md").read_text()
 
 
+def test_ablations_table_keeps_rows_of_runs_it_does_not_have(tmp_path: Path) -> None:
+    """--table merges the finished runs under --runs into the csv: a row whose run folder is
+    elsewhere stays as it was, a run's row replaces its old one, and ABLATIONS.md shows both."""
+    old = {"dataset": "hopper-3x1-medium", "variant": "mlp", "label": "MLP-BC, lr 3e-4",
+           "seed": "0", "eval_return_mean": "800.0", "eval_normalised": "29.0",
+           "dataset_return_mean": "866.9", "dataset_normalised": "31.5",
+           "eval_curve": "10000:29.0", "train_time_s": "1.0", "commit": "old",
+           "options": "--method mlp-bc"}
+    table = tmp_path / "runs.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, list(old), lineterminator="\n")
+        w.writeheader()
+        w.writerows([old, {**old, "variant": "vgm2p-w3000-tau09", "label": "stale",
+                           "eval_normalised": "1.0"}])
+    run = tmp_path / "runs" / "hm-vgm2p-w3000-tau09-s0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "eval_return_mean": 900.0, "eval_normalised": 33.0, "dataset_return_mean": 866.9,
+        "dataset_normalised": 31.5, "train_time_s": 2.0,
+        "eval_curve": [{"policy_step": 10000, "eval_normalised": 33.0}]}))
+    res = _run("ablations.py", "--table", "--runs", str(tmp_path / "runs"), "--csv", str(table),
+               "--out", str(tmp_path / "A.md"), "--commit", "new")
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(table, newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert rows["mlp"] == old
+    assert rows["vgm2p-w3000-tau09"]["eval_normalised"] == "33.0"
+    assert rows["vgm2p-w3000-tau09"]["commit"] == "new"
+    md = (tmp_path / "A.md").read_text()
+    assert "| MLP-BC, lr 3e-4 | 1 | 29.0" in md and "value expectile 0.9 | 1 | 33.0" in md
+
+
+def test_ablations_refuses_unknown_variant(tmp_path: Path) -> None:
+    res = _run("ablations.py", "--run", "--variants", "nope", "--runs", str(tmp_path))
+    assert res.returncode == 2 and "--variants" in res.stderr and "'nope'" in res.stderr
+
+
 def test_ablations_needs_runs_for_table() -> None:
     res = _run("ablations.py", "--table")
     assert res.returncode == 2 and "--runs" in res.stderr

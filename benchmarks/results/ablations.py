@@ -3,11 +3,13 @@
 Each ablation is one ``vgm2p train`` run per seed on a dataset of this repository, at the
 ablation budget (10,000 policy steps, 10 evaluation episodes, one CPU thread), differing from
 the others by the options in :data:`VARIANTS`. Runs write ``<runs>/<name>-s<seed>/`` (not in
-git); ``--table`` collects their summaries into ``ablations/runs.csv`` (what git keeps) and
-renders ``ablations/ABLATIONS.md``: the final normalised return per variant, mean ± 2σ
-(σ = sd / √n) with the seed sd, and the mean learning curve.
+git); ``--table`` merges their summaries into ``ablations/runs.csv`` (what git keeps; its
+rows of runs that are not under ``--runs`` stay) and renders ``ablations/ABLATIONS.md``: the
+final normalised return per variant, mean ± 2σ (σ = sd / √n) with the seed sd, and the mean
+learning curve. ``--variants`` restricts ``--run`` to some of them.
 
     python benchmarks/results/ablations.py --run --jobs 2 --runs /tmp/ablation-runs
+    python benchmarks/results/ablations.py --run --variants vgm2p-w3000-tau09 --runs /tmp/a
     python benchmarks/results/ablations.py --table --runs /tmp/ablation-runs
     python benchmarks/results/ablations.py --render      # ABLATIONS.md from runs.csv alone
 
@@ -72,6 +74,20 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", "mfbc-lr1e3", "MeanFlow-BC, lr 1e-3",
      ["--method", "meanflow-bc", "--lr", "1e-3", "--value-warmup", "500"]),
 ]
+# issue 12's one miss (hopper-3x1-medium, VGM²P 31.9 against MLP-BC 32.5 at the defaults):
+# options of the current defaults that could move a final one-step sample of a single noisy
+# policy's data, each against the defaults row above ("vgm2p-lr1e3-w3000")
+NEW = ["--lr", "1e-3", "--value-warmup", "3000"]
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-ema999", "VGM²P, defaults, EMA decay 0.999",
+     [*NEW, "--ema-decay", "0.999"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-quantile", "VGM²P, defaults, 4 quantile tokens",
+     [*NEW, "--condition", "quantile", "--n-bins", "4"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-drop02", "VGM²P, defaults, condition dropout 0.2",
+     [*NEW, "--cond-dropout", "0.2"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-tau09", "VGM²P, defaults, value expectile 0.9",
+     [*NEW, "--tau", "0.9"]),
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
@@ -101,6 +117,23 @@ def collect(runs: Path, commit: str) -> list[dict[str, str]]:
                          "eval_curve": curve, "train_time_s": round(s["train_time_s"], 1),
                          "commit": commit, "options": " ".join(opts)})
     return rows
+
+
+def merged(rows: list[dict[str, str]], path: Path) -> list[dict[str, str]]:
+    """``rows`` with the rows of ``path`` (an existing runs.csv) whose (dataset, variant,
+    seed) they do not have: runs finished on another machine, or whose folders are gone, stay
+    in the table. Order: the file's rows first (new ones in place), then new keys in
+    :data:`VARIANTS` order."""
+    def key(r: dict[str, str]) -> tuple[str, str, str]:
+        return r["dataset"], r["variant"], str(r["seed"])
+
+    new = {key(r): r for r in rows}
+    old = []
+    if path.exists():
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+    out = [new.pop(key(r), r) for r in old]
+    return out + list(new.values())
 
 
 def render(rows: list[dict[str, str]]) -> str:
@@ -136,11 +169,12 @@ def render(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def run(runs: Path, jobs: int, seeds: list[int]) -> int:
+def run(runs: Path, jobs: int, seeds: list[int], names: list[str] | None = None) -> int:
+    """Train the missing runs of ``seeds`` x the variants named ``names`` (all if None)."""
     exe = shutil.which("vgm2p")
     cmd0 = [exe] if exe else [sys.executable, "-m", "vgm2p_fast.cli"]
     todo = [(short, ds, name, opts, s) for s in seeds for short, ds, name, _, opts in VARIANTS
-            if name not in REMOVED
+            if name not in REMOVED and (names is None or name in names)
             and not (runs / f"{short}-{name}-s{s}" / "summary.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -163,13 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="store_true", help="train the variants' missing runs")
     p.add_argument("--table", action="store_true", help="write runs.csv and ABLATIONS.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                   help="--run only these variants (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
     p.add_argument("--commit", default="", help="code commit the runs used (recorded)")
     p.add_argument("--render", action="store_true",
                    help="only re-render ABLATIONS.md from the runs.csv in --csv")
-    p.add_argument("--csv", type=Path, default=OUT / "runs.csv", help="runs.csv for --render")
+    p.add_argument("--csv", type=Path, default=OUT / "runs.csv",
+                   help="runs.csv that --render reads and --table merges into (its rows of "
+                   "runs not under --runs are kept)")
     p.add_argument("--out", type=Path, default=OUT / "ABLATIONS.md",
-                   help="where --render writes the table")
+                   help="where --render and --table write the table")
     a = p.parse_args(argv)
     if a.render:
         with open(a.csv, newline="") as f:
@@ -180,18 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to do: give --run, --table or --render")
     if a.runs is None:
         p.error("--runs: required with --run and --table")
-    rc = run(a.runs, a.jobs, a.seeds) if a.run else 0
+    known = {v[2] for v in VARIANTS} - REMOVED
+    if a.variants and not set(a.variants) <= known:
+        p.error(f"--variants: expected names from {sorted(known)}, found "
+                f"{sorted(set(a.variants) - known)}")
+    rc = run(a.runs, a.jobs, a.seeds, a.variants) if a.run else 0
     if a.table:
         rows = collect(a.runs, a.commit)
         if not rows:
             p.error(f"--runs: no finished ablation run in {a.runs}")
-        OUT.mkdir(exist_ok=True)
-        with open(OUT / "runs.csv", "w", newline="") as f:
+        rows = merged(rows, a.csv)
+        a.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(a.csv, "w", newline="") as f:
             w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        (OUT / "ABLATIONS.md").write_text(render(rows))
-        print(f"wrote {OUT / 'ABLATIONS.md'} ({len(rows)} runs)")
+        a.out.write_text(render(rows))
+        print(f"wrote {a.csv} and {a.out} ({len(rows)} runs)")
     return rc
 
 
