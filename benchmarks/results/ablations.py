@@ -87,6 +87,12 @@ VARIANTS += [
      [*NEW, "--cond-dropout", "0.2"]),
     ("hm", "hopper-3x1-medium", "vgm2p-w3000-tau09", "VGM²P, defaults, value expectile 0.9",
      [*NEW, "--tau", "0.9"]),
+    # same effective scale omega / (1 - kappa) = 2, less of the model's own guided output in
+    # its target (kappa 0: v_g = 2 v - u(null), no bootstrap)
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-kappa0", "VGM²P, defaults, kappa 0 (omega 2)",
+     [*NEW, "--guidance-scale", "2", "--kappa", "0"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-kappa025", "VGM²P, defaults, kappa 0.25 (omega 1.5)",
+     [*NEW, "--guidance-scale", "2", "--kappa", "0.25"]),
 ]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
