@@ -145,10 +145,14 @@ def test_ablations_table_keeps_rows_of_runs_it_does_not_have(tmp_path: Path) -> 
                            "eval_normalised": "1.0"}])
     run = tmp_path / "runs" / "hm-vgm2p-w3000-tau09-s0"
     run.mkdir(parents=True)
+    other = tmp_path / "runs" / "hm-vgm2p-w3000-kappa0-s1"   # trained by --run: its commit
+    other.mkdir()
+    (other / "commit.txt").write_text("abc1234\n")
     (run / "summary.json").write_text(json.dumps({
         "eval_return_mean": 900.0, "eval_normalised": 33.0, "dataset_return_mean": 866.9,
         "dataset_normalised": 31.5, "train_time_s": 2.0,
         "eval_curve": [{"policy_step": 10000, "eval_normalised": 33.0}]}))
+    (other / "summary.json").write_text((run / "summary.json").read_text())
     res = _run("ablations.py", "--table", "--runs", str(tmp_path / "runs"), "--csv", str(table),
                "--out", str(tmp_path / "A.md"), "--commit", "new")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -157,6 +161,7 @@ def test_ablations_table_keeps_rows_of_runs_it_does_not_have(tmp_path: Path) -> 
     assert rows["mlp"] == old
     assert rows["vgm2p-w3000-tau09"]["eval_normalised"] == "33.0"
     assert rows["vgm2p-w3000-tau09"]["commit"] == "new"
+    assert rows["vgm2p-w3000-kappa0"]["commit"] == "abc1234"
     md = (tmp_path / "A.md").read_text()
     assert "| MLP-BC, lr 3e-4 | 1 | 29.0" in md and "value expectile 0.9 | 1 | 33.0" in md
 

@@ -29,6 +29,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from run import code_commit  # the script beside this one (sys.path[0] when run as a script)
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "ablations"
 DATA = HERE.parent / "data"
@@ -107,7 +109,8 @@ def _seeds_of(runs: Path, short: str, name: str) -> list[Path]:
 
 
 def collect(runs: Path, commit: str) -> list[dict[str, str]]:
-    """One csv row per finished run of :data:`VARIANTS` under ``runs``."""
+    """One csv row per finished run of :data:`VARIANTS` under ``runs``; its commit is the
+    run's ``commit.txt`` (written by :func:`run`), else ``commit``."""
     rows = []
     for short, ds, name, label, opts in VARIANTS:
         for p in _seeds_of(runs, short, name):
@@ -121,7 +124,9 @@ def collect(runs: Path, commit: str) -> list[dict[str, str]]:
                          "dataset_return_mean": s["dataset_return_mean"],
                          "dataset_normalised": s.get("dataset_normalised", ""),
                          "eval_curve": curve, "train_time_s": round(s["train_time_s"], 1),
-                         "commit": commit, "options": " ".join(opts)})
+                         "commit": (p / "commit.txt").read_text().strip()
+                         if (p / "commit.txt").exists() else commit,
+                         "options": " ".join(opts)})
     return rows
 
 
@@ -183,6 +188,7 @@ def run(runs: Path, jobs: int, seeds: list[int], names: list[str] | None = None)
             if name not in REMOVED and (names is None or name in names)
             and not (runs / f"{short}-{name}-s{s}" / "summary.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    commit = code_commit()
 
     def one(job) -> int:
         short, ds, name, opts, seed = job
@@ -190,7 +196,10 @@ def run(runs: Path, jobs: int, seeds: list[int], names: list[str] | None = None)
         path = DATA / f"{ds}.h5"
         cmd = [*cmd0, "train", "--dataset", str(path if path.exists() else ds), "--seed",
                str(seed), "--out", str(out), "--overwrite", "--quiet", *BASE, *opts]
-        return subprocess.run(cmd, env=env).returncode
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc == 0 and commit:   # --table records the code each run trained with
+            (out / "commit.txt").write_text(commit + "\n")
+        return rc
 
     with ThreadPoolExecutor(jobs) as pool:
         return max([0, *pool.map(one, todo)])
@@ -206,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="--run only these variants (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
-    p.add_argument("--commit", default="", help="code commit the runs used (recorded)")
+    p.add_argument("--commit", default="",
+                   help="code commit recorded for runs without a commit.txt (older runs)")
     p.add_argument("--render", action="store_true",
                    help="only re-render ABLATIONS.md from the runs.csv in --csv")
     p.add_argument("--csv", type=Path, default=OUT / "runs.csv",
