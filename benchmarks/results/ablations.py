@@ -29,12 +29,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from run import code_commit  # the script beside this one (sys.path[0] when run as a script)
+# run.py is the script beside this one (sys.path[0] when run as a script)
+from run import code_commit, read_csv
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "ablations"
 DATA = HERE.parent / "data"
 OLD = ["--lr", "3e-4", "--value-warmup", "500"]        # the defaults before issue 12
+NEW = ["--lr", "1e-3", "--value-warmup", "3000"]       # the defaults these ablations chose
 BASE = ["--steps", "10000", "--eval-episodes", "10", "--eval-noise", "sample"]
 
 # (dataset short name, dataset, variant name, label, options)
@@ -45,7 +47,7 @@ for short, ds in (("hm", "hopper-3x1-medium"), ("hcm", "halfcheetah-2x3-medium")
         (short, ds, "vgm2p", "VGM²P, lr 3e-4, warm-up 500 (old defaults)", OLD),
         (short, ds, "vgm2p-lr1e3", "VGM²P, lr 1e-3", ["--lr", "1e-3", "--value-warmup", "500"]),
         (short, ds, "vgm2p-lr1e3-w3000", "VGM²P, lr 1e-3, warm-up 3000 (new defaults)",
-         ["--lr", "1e-3", "--value-warmup", "3000"]),
+         NEW),
         (short, ds, "vgm2p-lr1e3-zero", "VGM²P, lr 1e-3, evaluation noise e = 0",
          ["--lr", "1e-3", "--value-warmup", "500", "--eval-noise", "zero"]),
         (short, ds, "mlp", "MLP-BC, lr 3e-4", ["--method", "mlp-bc", *OLD]),
@@ -79,7 +81,6 @@ VARIANTS += [
 # issue 12's one miss (hopper-3x1-medium, VGM²P 31.9 against MLP-BC 32.5 at the defaults):
 # options of the current defaults that could move a final one-step sample of a single noisy
 # policy's data, each against the defaults row above ("vgm2p-lr1e3-w3000")
-NEW = ["--lr", "1e-3", "--value-warmup", "3000"]
 VARIANTS += [
     ("hm", "hopper-3x1-medium", "vgm2p-w3000-ema999", "VGM²P, defaults, EMA decay 0.999",
      [*NEW, "--ema-decay", "0.999"]),
@@ -139,11 +140,7 @@ def merged(rows: list[dict[str, str]], path: Path) -> list[dict[str, str]]:
         return r["dataset"], r["variant"], str(r["seed"])
 
     new = {key(r): r for r in rows}
-    old = []
-    if path.exists():
-        with open(path, newline="") as f:
-            old = list(csv.DictReader(f))
-    out = [new.pop(key(r), r) for r in old]
+    out = [new.pop(key(r), r) for r in read_csv(path)]
     return out + list(new.values())
 
 
