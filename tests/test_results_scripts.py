@@ -176,6 +176,36 @@ def test_ablations_needs_runs_for_table() -> None:
     assert res.returncode == 2 and "--runs" in res.stderr
 
 
+def test_fit_measures_mode_error_and_spread(tmp_path: Path) -> None:
+    """fit.py trains each method with every checkpoint kept and measures, per checkpoint, the
+    mode's and a sample's action error and the sampled spread: a deterministic cloner has no
+    spread and equal errors, a flow policy a positive spread; a second call measures the same
+    runs without training and rewrites the same csv."""
+    table = tmp_path / "fit.csv"
+    args = ["--datasets", "halfcheetah-2x3-small", "--methods", "mlp-bc", "meanflow-bc",
+            "--seeds", "0", "--runs", str(tmp_path / "runs"), "--csv", str(table), "--every",
+            "500", "--rows", "32", "--draws", "3", "--", "--steps", "1000", "--value-warmup",
+            "0", "--hidden-dims", "16", "--batch-size", "16", "--log-every", "100"]
+    res = _run("fit.py", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(table, newline="") as f:
+        rows = {(r["method"], r["policy_step"]): r for r in csv.DictReader(f)}
+    assert sorted(rows) == [("meanflow-bc", "1000"), ("meanflow-bc", "500"), ("mlp-bc", "1000"),
+                            ("mlp-bc", "500")]
+    for step in ("500", "1000"):
+        mlp, flow = rows[("mlp-bc", step)], rows[("meanflow-bc", step)]
+        assert float(mlp["spread"]) == 0.0 and mlp["err_mode"] == mlp["err_sample"]
+        assert float(flow["spread"]) > 0.0 and float(flow["err_mode"]) > 0.0
+    before = table.read_bytes()
+    again = _run("fit.py", *args)
+    assert again.returncode == 0, again.stderr
+    assert table.read_bytes() == before
+    shown = _run("fit.py", "--render", "--csv", str(table))
+    assert shown.returncode == 0 and "| halfcheetah-2x3-small | mlp-bc | 500 | 1 |" in shown.stdout
+    bad = _run("fit.py", "--datasets", "halfcheetah-2x3-small", "--every", "700")
+    assert bad.returncode == 2 and "--every" in bad.stderr
+
+
 def test_run_refuses_unknown_method(tmp_path: Path) -> None:
     res = _run("run.py", "--methods", "dqn", "--runs", str(tmp_path))
     assert res.returncode == 2 and "--methods" in res.stderr and "'dqn'" in res.stderr
