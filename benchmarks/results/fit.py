@@ -77,23 +77,26 @@ def measure(run_dir: Path, every: int, rows: int, draws: int) -> list[dict]:
                              f"{CKPT_EVERY}")
         policy = build_policy(cfg, ds)
         policy.load_state_dict(state["ema"])
-        lo, hi = policy.action_low, policy.action_high
-
-        def act(noise: torch.Tensor | None, gen: torch.Generator | None = None,
-                _p=policy) -> torch.Tensor:
-            a = (_p.act(obs) if isinstance(_p, MLPPolicy) else
-                 _p.act(obs, noise=noise, generator=gen, n_steps=cfg.eval_steps,
-                        sampler=sampler))
-            return 2 * (a - lo) / (hi - lo) - 1          # the dataset's [-1, 1] units
-
+        kw = {} if isinstance(policy, MLPPolicy) else {"n_steps": cfg.eval_steps,
+                                                        "sampler": sampler}
         gen = torch.Generator().manual_seed(1)
-        mode = act(torch.zeros_like(data))
-        samples = torch.stack([act(None, gen) for _ in range(draws)])
+        mode = _unit(policy, obs, torch.zeros_like(data), None, kw)
+        samples = torch.stack([_unit(policy, obs, None, gen, kw) for _ in range(draws)])
         out.append({"policy_step": step,
                     "err_mode": float((mode - data).square().sum(-1).mean()),
                     "err_sample": float((samples[0] - data).square().sum(-1).mean()),
                     "spread": float(samples.var(0).sum(-1).mean())})
     return out
+
+
+def _unit(policy, obs, noise, gen, kw: dict):
+    """The policy's actions on ``obs`` in the dataset's [-1, 1] units (an MLP policy ignores
+    the noise: it is deterministic)."""
+    from vgm2p_fast.policy import MLPPolicy
+
+    a = (policy.act(obs) if isinstance(policy, MLPPolicy) else
+         policy.act(obs, noise=noise, generator=gen, **kw))
+    return 2 * (a - policy.action_low) / (policy.action_high - policy.action_low) - 1
 
 
 def train(runs: Path, dataset: str, method: str, seed: int, commit: str,
