@@ -97,6 +97,20 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", "vgm2p-w3000-kappa025", "VGM²P, defaults, kappa 0.25 (omega 1.5)",
      [*NEW, "--guidance-scale", "2", "--kappa", "0.25"]),
 ]
+# the same miss, critic side (issue 12, third pass): the advantage behind the tokens (GAE
+# lambda, IQL's Q(s, a) - V(s)), a median-like expectile, a longer critic warm-up
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-lam05", "VGM²P, defaults, GAE lambda 0.5",
+     [*NEW, "--lam", "0.5"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-lam1", "VGM²P, defaults, GAE lambda 1 "
+     "(Monte-Carlo advantage)", [*NEW, "--lam", "1.0"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-iql", "VGM²P, defaults, IQL advantage "
+     "(twin Q(s, a) - V(s))", [*NEW, "--advantage", "iql"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-tau05", "VGM²P, defaults, value expectile 0.5",
+     [*NEW, "--tau", "0.5"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w6000", "VGM²P, defaults, critic warm-up 6000",
+     ["--lr", "1e-3", "--value-warmup", "6000"]),
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
