@@ -18,7 +18,7 @@ actions only (for discrete ones the evaluation acts with e = 0 already).
 
     python benchmarks/results/fit.py --datasets hopper-3x1-medium --methods mlp-bc \\
         meanflow-bc vgm2p --seeds 0 1 2 --runs /tmp/fit-runs --jobs 2      # train + measure
-    python benchmarks/results/fit.py --render     # fit.csv as the markdown table of docs/results.md
+    python benchmarks/results/fit.py --render --at 4000 10000   # docs/results.md's table
 
 A finished run (its ``policy.pt`` exists) is measured again without training.
 """
@@ -120,11 +120,13 @@ def train(runs: Path, dataset: str, method: str, seed: int, commit: str,
     return out
 
 
-def render(rows: list[dict[str, str]]) -> str:
-    """Markdown: per dataset, method and policy step, each number's mean ± 2σ over seeds."""
+def render(rows: list[dict[str, str]], at: list[int] | None = None) -> str:
+    """Markdown: per dataset, method and policy step (those in ``at``, or all), each number's
+    mean ± 2σ over seeds (σ = sd / √n)."""
     groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in rows:
-        groups[(r["dataset"], r["method"], int(r["policy_step"]))].append(r)
+        if at is None or int(r["policy_step"]) in at:
+            groups[(r["dataset"], r["method"], int(r["policy_step"]))].append(r)
     lines = ["| dataset | method | policy step | seeds | err_mode | err_sample | spread |",
              "|---|---|---|---|---|---|---|"]
     for (ds, method, step), rs in groups.items():
@@ -153,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="training processes at once")
     p.add_argument("--csv", type=Path, default=CSV, help="csv the rows are merged into")
     p.add_argument("--render", action="store_true", help="print --csv as markdown and exit")
+    p.add_argument("--at", type=int, nargs="+", default=None, metavar="STEP",
+                   help="--render only these policy steps (default: all)")
     a, extra = p.parse_known_args(argv)
     extra = extra[1:] if extra[:1] == ["--"] else extra
     if a.render:
-        print(render(read_csv(a.csv)))
+        print(render(read_csv(a.csv), a.at))
         return 0
     if not a.datasets:
         p.error("--datasets: give at least one (or --render)")
