@@ -313,7 +313,7 @@ def test_docs_results_tables_are_the_committed_tables() -> None:
     method_of = {v: k for k, v in LABELS.items()}
     head, rows = _table(docs.split("### The SMAX rows on 100 episodes", 1)[1], "dataset")
     assert rows, "docs/results.md has no 100-episode table"
-    from run import HEADLINE_SEEDS   # the SMAX medium sets are headline rows
+    from run import HEADLINE_SEEDS  # the SMAX medium sets are headline rows
 
     complete = str(len(HEADLINE_SEEDS))
     for row in rows:
