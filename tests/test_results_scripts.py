@@ -273,9 +273,9 @@ def test_readme_headline_numbers_are_the_committed_tables() -> None:
 
 
 def test_docs_results_tables_are_the_committed_tables() -> None:
-    """docs/results.md's medium table is RESULTS.md's (each cell, and the 'VGM²P − best
-    baseline' column its Targets table's), and its 100-episode SMAX table is
-    reevaluate.py --render's (score, return, win rate and seed count of every cell)."""
+    """docs/results.md's medium table and its table of the other rows are RESULTS.md's (each
+    cell, and the 'VGM²P − best baseline' column its Targets table's), and its 100-episode SMAX
+    table is reevaluate.py --render's (score, return, win rate and seed count of every cell)."""
     sys.path.insert(0, str(RESULTS))
     from make_table import LABELS
 
@@ -286,9 +286,10 @@ def test_docs_results_tables_are_the_committed_tables() -> None:
     t_head, t_rows = _table(results.split("## Targets", 1)[1], "dataset")
     targets = {r[0]: r for r in t_rows}
     label = lambda h: re.sub(r" \(.*\)$", "", h)  # noqa: E731  ("flow-matching BC (1 seed)")
-    head, rows = _table(docs, "dataset | behaviour | VGM²P | MLP-BC")
-    assert rows, "docs/results.md has no medium table"
-    for row in rows:
+    first = "dataset | behaviour | VGM²P | MLP-BC"
+    tables = [_table(docs, first), _table(docs.split("## The other rows", 1)[1], first)]
+    assert all(rows for _, rows in tables), "docs/results.md: the medium or other-rows table"
+    for head, row in ((h, r) for h, rows in tables for r in rows):
         name = row[0].split(" (")[0]
         full = dict(zip(r_head, by_name[name]))
         for h, cell in zip(head[1:], row[1:]):
@@ -361,3 +362,16 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
             if r["noise"] == "auto":
                 got, table = float(r["return_mean"]), final[(r["dataset"], r["method"], r["seed"])]
                 assert abs(got - table) < 1e-6 * abs(table), (r["dataset"], r["method"], r["seed"])
+
+
+def test_docs_fit_table_is_its_csv() -> None:
+    """docs/results.md's action-error table is fit.py --render --at 4000 10000 of the committed
+    fit.csv, row for row."""
+    res = _run("fit.py", "--render", "--csv", str(RESULTS / "fit.csv"), "--at", "4000", "10000")
+    assert res.returncode == 0, res.stderr
+    want = _table(res.stdout, "dataset")
+    docs = (ROOT / "docs" / "results.md").read_text()
+    got = _table(docs.split("### How closely each policy fits the data's actions", 1)[1],
+                 "dataset")
+    assert want[1], "fit.csv has no rows at policy steps 4000 and 10000"
+    assert got == want
