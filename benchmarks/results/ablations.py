@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # run.py is the script beside this one (sys.path[0] when run as a script)
-from run import code_commit, read_csv
+from run import code_commit, read_csv, stats
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "ablations"
@@ -175,8 +174,7 @@ def render(rows: list[dict[str, str]]) -> str:
             vr = [r for r in sel if r["variant"] == name]
             x = [float(r["eval_normalised"]) for r in vr]
             n = len(x)
-            m = sum(x) / n
-            sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1)) if n > 1 else 0.0
+            m, sd, se = stats(x)
             ret = sum(float(r["eval_return_mean"]) for r in vr) / n
             pts: dict[str, list[float]] = {}
             for r in vr:
@@ -185,7 +183,7 @@ def render(rows: list[dict[str, str]]) -> str:
                     if val:
                         pts.setdefault(step, []).append(float(val))
             curve = " → ".join(f"{sum(v) / len(v):.0f}" for v in pts.values())
-            lines.append(f"| {vr[0]['label']} | {n} | {m:.1f} ± {2 * sd / math.sqrt(n):.1f} "
+            lines.append(f"| {vr[0]['label']} | {n} | {m:.1f} ± {2 * se:.1f} "
                          f"(sd {sd:.1f}) | {ret:.4g} | {curve} |")
         lines.append("")
     return "\n".join(lines)

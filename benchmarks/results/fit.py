@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import shutil
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import code_commit, dataset_arg, method_args, read_csv  # noqa: E402
+from run import code_commit, dataset_arg, method_args, read_csv, stats  # noqa: E402
 
 CSV = HERE / "fit.csv"
 COLUMNS = ["dataset", "method", "seed", "policy_step", "err_mode", "err_sample", "spread",
@@ -132,10 +131,8 @@ def render(rows: list[dict[str, str]], at: list[int] | None = None) -> str:
     for (ds, method, step), rs in groups.items():
         cells = []
         for k in ("err_mode", "err_sample", "spread"):
-            x = [float(r[k]) for r in rs]
-            m = sum(x) / len(x)
-            sd = math.sqrt(sum((v - m) ** 2 for v in x) / (len(x) - 1)) if len(x) > 1 else 0.0
-            cells.append(f"{m:.4f} ± {2 * sd / math.sqrt(len(x)):.4f}")
+            m, _, se = stats([float(r[k]) for r in rs])
+            cells.append(f"{m:.4f} ± {2 * se:.4f}")
         lines.append(f"| {ds} | {method} | {step} | {len(rs)} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

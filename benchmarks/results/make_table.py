@@ -44,6 +44,7 @@ from run import (  # noqa: E402
     SWEEP_DATASETS,
     TABLE_DATASETS,
     read_csv,
+    stats,
 )
 
 LABELS = {"behaviour": "behaviour (data)", "vgm2p": "VGM²P", "meanflow-bc": "MeanFlow-BC",
@@ -110,13 +111,6 @@ def dataset_refs(run: dict) -> dict:
 def normalise(r, refs: dict) -> np.ndarray:
     return 100.0 * (np.asarray(r, dtype=np.float64) - refs["random"]) / (
         refs["expert"] - refs["random"])
-
-
-def stats(x: np.ndarray) -> tuple[float, float, float]:
-    """(mean, sd with ddof 1, standard error) of seeds (sd = se = 0 for one seed)."""
-    n = len(x)
-    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
-    return float(np.mean(x)), sd, sd / math.sqrt(n)
 
 
 def cell(norm: np.ndarray | None, raw: np.ndarray | None, want: int) -> str:

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import read_csv  # noqa: E402  (the table's csv convention)
+from run import read_csv, stats  # noqa: E402  (the table's csv convention)
 
 # (dataset, method, seed) name the run (``<runs>/<dataset>/<method>/seed<k>``); commit is the
 # code it was trained at (its commit.txt).
@@ -66,11 +65,9 @@ def render(rows: list[dict[str, str]]) -> str:
     for (ds, m, noise), rs in sorted(cells.items()):
         norm = [float(r["normalised"]) for r in rs if r["normalised"] != ""]
         ret = sum(float(r["return_mean"]) for r in rs) / len(rs)
-        n = len(norm)
-        if n:
-            mean = sum(norm) / n
-            sd = math.sqrt(sum((x - mean) ** 2 for x in norm) / (n - 1)) if n > 1 else 0.0
-            score = f"{mean:.1f} ± {2 * sd / math.sqrt(n):.1f}"
+        if norm:
+            mean, _, se = stats(norm)
+            score = f"{mean:.1f} ± {2 * se:.1f}"
         else:
             score = "—"
         wins = [float(r["win_rate"]) for r in rs if r["win_rate"] != ""]

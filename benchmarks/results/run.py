@@ -34,12 +34,14 @@ import argparse
 import csv
 import functools
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,6 +140,15 @@ def csv_row(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, st
                commit=commit.read_text().strip() if commit.exists() else "",
                config=json.dumps(cfg, sort_keys=True, separators=(",", ":")))
     return {k: str(v) for k, v in row.items()}
+
+
+def stats(x: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, sd with ddof 1, standard error sd / sqrt(n)) of per-seed numbers (sd = se = 0 for
+    one seed): every results table's mean ± 2σ."""
+    n = len(x)
+    m = sum(x) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1)) if n > 1 else 0.0
+    return m, sd, sd / math.sqrt(n)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
