@@ -114,8 +114,10 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
                       policy_loss=policy_loss, eval_steps=1 if policy_loss == "meanflow" else 4)
     summary = train(cfg, progress=False)
     out = tmp_path / "run"
+    # BC (condition none) reads no advantages, so it fits no critic: no warm-up iterations
+    last = 30 if condition == "none" else 40
     for name in ("summary.json", "metrics.jsonl", "learning_curve.png", "policy.pt",
-                 "checkpoint-40.pt", "config.json"):
+                 f"checkpoint-{last}.pt", "config.json"):
         assert (out / name).is_file(), name
     assert list((out / "tb").iterdir()), "no TensorBoard event file"
     saved = json.loads((out / "summary.json").read_text())
@@ -123,10 +125,12 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
                 "config"):
         assert key in saved, key
     assert saved["steps"] == 30 and summary["samples_per_s"] > 0
+    assert saved["iterations"] == last
     rows = _metrics(out)
     refresh = [r for r in rows if r.get("event") == "refresh"]
-    assert [r["iteration"] for r in refresh] == [0, 20]
-    assert 0.0 < refresh[0]["adv_share_nonneg"] < 1.0
+    assert [r["iteration"] for r in refresh] == ([] if condition == "none" else [0, 20])
+    assert refresh == [] or 0.0 < refresh[0]["adv_share_nonneg"] < 1.0
+    assert any("critic_loss" in r for r in rows) == (condition != "none")
     assert any("loss" in r for r in rows) and all(np.isfinite(r.get("loss", 0.0)) for r in rows)
     policy = vf.MeanFlowPolicy.load(out / "policy.pt")
     assert policy.metadata["env"] == load_dataset(data).env
@@ -137,6 +141,27 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     obs = torch.randn(3, 2, 5)
     a = policy(obs, torch.ones(3, 2, 4, dtype=torch.bool) if discrete else None)
     assert a.shape == ((3, 2) if discrete else (3, 2, 3))
+
+
+def test_only_methods_that_read_advantages_fit_a_critic(tiny, tmp_path, capsys):
+    from vgm2p_fast.train.config import METHODS, config_from
+
+    uses = {m: config_from({"method": m}).uses_critic for m in METHODS}
+    assert uses == {"vgm2p": True, "meanflow-bc": False, "fm-bc": False, "mlp-bc": False,
+                    "awfm": True}
+    out = tmp_path / "bc"
+    args = ["train", "--dataset", str(tiny), "--out", str(out), "--method", "mlp-bc",
+            "--steps", "20", "--value-warmup", "5", "--eval-episodes", "0", *TINY]
+    assert main(args) == 0
+    assert "no critic" in capsys.readouterr().err
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-20.pt"]  # no warm-up iterations
+    # a checkpoint of an earlier version, which fitted a critic for BC too, is refused: its
+    # iteration counts the warm-up, so the policy step would be misread
+    path = checkpoints(out)[-1]
+    state = torch.load(path, weights_only=False)
+    torch.save({**state, "c_opt": {"state": {}, "param_groups": []}}, path)
+    with pytest.raises(ValueError, match="fitted a critic"):
+        train(config_from({**state["config"], "steps": 30}), resume=True, progress=False)
 
 
 def test_same_seed_same_metrics(tiny, tmp_path):

@@ -67,12 +67,15 @@ def measure(run_dir: Path, every: int, rows: int, draws: int) -> list[dict]:
                                     generator=torch.Generator().manual_seed(0))[:rows])
     obs, data = probe["observations"], probe["actions"]
     sampler = "euler" if cfg.policy_loss == "flow_matching" else "meanflow"
+    # runs before the BC presets dropped their unused critic (fit.csv's, at d3a3dec) warmed
+    # one up too: a checkpoint with critic optimiser state counts the warm-up in its iteration
+    warmup = cfg.value_warmup if next(iter(found.values())).get("c_opt") else 0
     out = []
     for step in range(every, cfg.steps + 1, every):
-        state = found.get(cfg.value_warmup + step)
+        state = found.get(warmup + step)
         if state is None:
             raise ValueError(f"{run_dir}: no checkpoint at policy step {step} (iteration "
-                             f"{cfg.value_warmup + step}); --every must be a multiple of "
+                             f"{warmup + step}); --every must be a multiple of "
                              f"{CKPT_EVERY}")
         policy = build_policy(cfg, ds)
         policy.load_state_dict(state["ema"])

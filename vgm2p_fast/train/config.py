@@ -93,7 +93,8 @@ class TrainConfig:
     value_lr: float = _f(3e-4, "critic AdamW learning rate")
     # 3000, not 500: tokens from an unfitted critic are noise (the advantageous share fell from
     # 0.85 to 0.40 over the first 5k iterations); hopper-3x1-medium 29.7 -> 32.0 normalised
-    value_warmup: int = _f(3000, "critic-only iterations before the policy trains")
+    value_warmup: int = _f(3000, "critic-only iterations before the policy trains (none when "
+                           "no critic is fitted: --condition none without --weighting awr)")
     refresh_every: int = _f(500, "iterations between whole-dataset advantage refreshes")
     eval_every: int = _f(0, "policy steps between evaluations (0: steps / 5, so >= 5 of them)")
     eval_episodes: int = _f(10, "episodes per evaluation (0: no evaluation)")
@@ -166,6 +167,18 @@ class TrainConfig:
     def omega(self) -> float:
         """omega such that the effective guidance omega / (1 - kappa) equals guidance_scale."""
         return self.guidance_scale * (1.0 - self.kappa)
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether the policy reads advantages (tokens or awr weights). The BC presets do not,
+        so they fit no critic (earlier versions did: 3,000 warm-up iterations and a critic
+        step beside every policy step, time a user's own BC would not spend)."""
+        return self.condition != "none" or self.weighting == "awr"
+
+    @property
+    def warmup(self) -> int:
+        """Critic-only iterations this run takes: ``value_warmup``, or 0 without a critic."""
+        return self.value_warmup if self.uses_critic else 0
 
     @property
     def eval_interval(self) -> int:

@@ -5,8 +5,9 @@ One loop of ``value_warmup + steps`` iterations. Every iteration samples a batch
 (one ``randint`` + gather) and takes a critic step; after the warm-up it also takes a policy
 step on the same rows. Every ``refresh_every`` iterations the estimator recomputes the
 advantages of the **whole dataset** (``ops.gae`` for the default), which re-derives the tokens
-(or the weights of advantage-weighted BC). Every ``eval_interval`` policy steps, and at the end,
-the EMA policy is evaluated on the same fixed episodes.
+(or the weights of advantage-weighted BC). A policy that reads no advantages (the BC presets)
+fits no critic: its loop is ``steps`` policy-only iterations. Every ``eval_interval`` policy
+steps, and at the end, the EMA policy is evaluated on the same fixed episodes.
 
 Outputs in the run folder (``runs.py`` for the rules): ``metrics.jsonl``, TensorBoard events in
 ``tb/``, ``learning_curve.png``, ``checkpoint-<iteration>.pt`` (the last ``keep_checkpoints``),
@@ -49,9 +50,10 @@ _MAX_REWARD = 1e30
 
 
 class _Objective(nn.Module):
-    """Policy + estimator behind one forward, so DistributedDataParallel sees every gradient."""
+    """Policy + estimator (None: no critic) behind one forward, so DistributedDataParallel sees
+    every gradient."""
 
-    def __init__(self, policy: MeanFlowPolicy | MLPPolicy, estimator: AdvantageEstimator,
+    def __init__(self, policy: MeanFlowPolicy | MLPPolicy, estimator: AdvantageEstimator | None,
                  cfg: TrainConfig) -> None:
         super().__init__()
         self.policy, self.estimator, self.kind = policy, estimator, cfg.policy_loss
@@ -59,8 +61,10 @@ class _Objective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], idx: torch.Tensor,
                 cond: torch.Tensor | None, weights: torch.Tensor | None, train_policy: bool,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, info = self.estimator.loss(batch, idx)
-        info["critic_loss"] = loss.detach()
+        loss, info = torch.zeros((), device=idx.device), {}
+        if self.estimator is not None:
+            loss, info = self.estimator.loss(batch, idx)
+            info["critic_loss"] = loss.detach()
         if train_policy:
             obs, act = batch["observations"], batch["actions"]
             if self.kind == "mse":
@@ -219,12 +223,14 @@ class _Run:
         self.ds = ds = ds.to(device, pin_memory=False)
         torch.manual_seed(cfg.seed)
         self.policy = policy = build_policy(cfg, ds).to(device)
-        self.estimator = make_estimator(cfg.advantage, ds, hidden=cfg.value_hidden,
-                                        gamma=cfg.gamma, lam=cfg.lam, tau=cfg.tau).to(device)
+        self.estimator = self.c_opt = None
+        if cfg.uses_critic:
+            self.estimator = make_estimator(cfg.advantage, ds, hidden=cfg.value_hidden,
+                                            gamma=cfg.gamma, lam=cfg.lam, tau=cfg.tau).to(device)
+            self.c_opt = torch.optim.AdamW(self.estimator.parameters(), lr=cfg.value_lr)
         self.ema = copy.deepcopy(policy).requires_grad_(False)
         self.p_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
                                        weight_decay=cfg.weight_decay)
-        self.c_opt = torch.optim.AdamW(self.estimator.parameters(), lr=cfg.value_lr)
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + self.rank)
         self.objective = _Objective(policy, self.estimator, cfg)
         self.model: nn.Module = self.objective
@@ -236,10 +242,18 @@ class _Run:
         self.curve: list[dict[str, Any]] = []
         if self.state is not None:
             st = self.state
+            if (st.get("c_opt") is None) != (self.c_opt is None):
+                # earlier versions fitted a critic for every method; their iteration counts
+                # include its warm-up, so the policy step would be misread
+                raise ValueError(f"resume: {out}'s checkpoint was written by a version that "
+                                 f"fitted a critic for --condition {cfg.condition} "
+                                 f"--weighting {cfg.weighting}; this one does not: start a "
+                                 f"new run (--overwrite or another --out)")
             self.objective.load_state_dict(st["objective"])
             self.ema.load_state_dict(st["ema"])
             self.p_opt.load_state_dict(st["p_opt"])
-            self.c_opt.load_state_dict(st["c_opt"])
+            if self.c_opt is not None:
+                self.c_opt.load_state_dict(st["c_opt"])
             self.gen.set_state(st["generators"][self.rank].cpu())
             self.start, self.adv, self.train_time = st["iteration"], st["adv"], st["time"]
             self.policy_time, self.curve = st["policy_time"], st["curve"]
@@ -265,9 +279,11 @@ class _Run:
         what = (f"evaluation every {cfg.eval_interval} policy steps ({cfg.eval_episodes} "
                 f"episodes of {ev.env})" if ev.enabled else ev.reason)
         how = f"resuming at iteration {self.start}" if self.state else "new run"
+        critic = (f"critic warm-up {cfg.warmup} iterations, then" if cfg.uses_critic else
+                  "no critic (the policy reads no advantages),")
         print(f"vgm2p train: {self.ds.source} ({self.ds.n_transitions} transitions, "
-              f"{self.ds.n_agents} agents) on {self.device}; {how} in {out}; critic warm-up "
-              f"{cfg.value_warmup} iterations, then {cfg.steps} policy steps; {what}",
+              f"{self.ds.n_agents} agents) on {self.device}; {how} in {out}; {critic} "
+              f"{cfg.steps} policy steps; {what}",
               file=sys.stderr, flush=True)
 
     def _derive(self) -> None:
@@ -289,7 +305,8 @@ class _Run:
             runs.save_checkpoint(self.out, {
                 "iteration": done, "objective": self.objective.state_dict(),
                 "ema": self.ema.state_dict(), "p_opt": self.p_opt.state_dict(),
-                "c_opt": self.c_opt.state_dict(), "generators": gens, "adv": self.adv,
+                "c_opt": None if self.c_opt is None else self.c_opt.state_dict(),
+                "generators": gens, "adv": self.adv,
                 "time": self.train_time, "policy_time": self.policy_time, "curve": self.curve,
                 "config": dataclasses.asdict(self.cfg), "dataset_sha256": self.data_hash},
                 self.cfg.keep_checkpoints)
@@ -302,26 +319,26 @@ class _Run:
         self.tokens = self.weights = None
         if self.adv is not None:
             self._derive()
-        total = cfg.value_warmup + cfg.steps
+        total = cfg.warmup + cfg.steps
         bar = None
         if progress and self.main_rank:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.start, unit="it", dynamic_ncols=True,
-                       file=sys.stderr, desc="critic warm-up" if self.start < cfg.value_warmup
+                       file=sys.stderr, desc="critic warm-up" if self.start < cfg.warmup
                        else "policy training")
         bad = torch.zeros((), dtype=torch.bool, device=self.device)  # non-finite loss, no sync
         window_start, window_rows = time.perf_counter(), 0
         for it in range(self.start, total):
-            if it % cfg.refresh_every == 0 or self.adv is None:
+            if self.estimator is not None and (it % cfg.refresh_every == 0 or self.adv is None):
                 self.adv = self.estimator.refresh(ds)
                 _finite_or_stop(self.adv, "the dataset advantages", it, out)
                 self._derive()
                 logger.log({"iteration": it, "event": "refresh",
                             **_stats(self.adv, self.tokens)})
                 logger.histogram("advantage", self.adv, it)
-            train_policy = it >= cfg.value_warmup
-            if bar is not None and it == cfg.value_warmup:
+            train_policy = it >= cfg.warmup
+            if bar is not None and it == cfg.warmup:
                 bar.set_description("policy training")
             t0 = time.perf_counter()
             idx = ds.sample_indices(cfg.batch_size, self.gen)
@@ -330,31 +347,35 @@ class _Run:
                 None if self.weights is None else self.weights[idx], train_policy, self.gen)
             bad |= ~torch.isfinite(loss.detach())
             self.p_opt.zero_grad(set_to_none=True)
-            self.c_opt.zero_grad(set_to_none=True)
+            if self.c_opt is not None:
+                self.c_opt.zero_grad(set_to_none=True)
             loss.backward()
             # clipped separately: the critic's gradient must not shrink the policy's step
             grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            nn.utils.clip_grad_norm_(self.estimator.parameters(), cfg.grad_clip)
-            self.c_opt.step()
+            if self.estimator is not None:
+                nn.utils.clip_grad_norm_(self.estimator.parameters(), cfg.grad_clip)
+                self.c_opt.step()
             if train_policy:
                 self.p_opt.step()
                 with torch.no_grad():
                     for pe, pp in zip(self.ema.parameters(), self.policy.parameters()):
                         pe.lerp_(pp, 1.0 - cfg.ema_decay)
-            self.estimator.after_step()
+            if self.estimator is not None:
+                self.estimator.after_step()
             dt = time.perf_counter() - t0
             self.train_time += dt
             self.policy_time += dt if train_policy else 0.0
             window_rows += cfg.batch_size * self.world
             done = it + 1
-            policy_step = max(0, done - cfg.value_warmup)
+            policy_step = max(0, done - cfg.warmup)
             checkpoint = done % cfg.checkpoint_every == 0 or done == total
             evaluate = train_policy and ev.enabled and self.main_rank and (
                 policy_step % cfg.eval_interval == 0 or done == total)
             if bool(bad) and (done % cfg.log_every == 0 or checkpoint or evaluate):
                 # never log, evaluate or checkpoint a diverged run: the last good checkpoint
                 # stays the latest
-                what = ("the critic loss" if not torch.isfinite(info["critic_loss"])
+                c_loss = info.get("critic_loss")
+                what = ("the critic loss" if c_loss is not None and not torch.isfinite(c_loss)
                         else "the policy loss")
                 _finite_or_stop(loss, what, done, out)
             if done % cfg.log_every == 0 or done == total:
@@ -395,7 +416,7 @@ class _Run:
         policy_rows = cfg.steps * cfg.batch_size * self.world
         summary: dict[str, Any] = {
             "dataset": self.ds.source, "dataset_sha256": self.data_hash, "env": ev.env,
-            "steps": cfg.steps, "iterations": cfg.value_warmup + cfg.steps,
+            "steps": cfg.steps, "iterations": cfg.warmup + cfg.steps,
             "world_size": self.world,
             "samples_per_s": policy_rows / max(self.policy_time, 1e-9),
             "train_time_s": self.train_time, "config": dataclasses.asdict(cfg),
@@ -423,7 +444,7 @@ class _Run:
         summary["eval_curve"] = self.curve
         text = json.dumps(summary, indent=2)
         atomic_write(self.out / "summary.json", lambda f: f.write(text.encode()))
-        plot_curve(self.out, cfg.value_warmup)
+        plot_curve(self.out, cfg.warmup)
         return summary
 
 
