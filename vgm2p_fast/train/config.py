@@ -93,8 +93,7 @@ class TrainConfig:
     value_lr: float = _f(3e-4, "critic AdamW learning rate")
     # 3000, not 500: tokens from an unfitted critic are noise (the advantageous share fell from
     # 0.85 to 0.40 over the first 5k iterations); hopper-3x1-medium 29.7 -> 32.0 normalised
-    value_warmup: int = _f(3000, "critic-only iterations before the policy trains (none when "
-                           "no critic is fitted: --condition none without --weighting awr)")
+    value_warmup: int = _f(3000, "critic-only iterations first (none if no advantage is used)")
     refresh_every: int = _f(500, "iterations between whole-dataset advantage refreshes")
     eval_every: int = _f(0, "policy steps between evaluations (0: steps / 5, so >= 5 of them)")
     eval_episodes: int = _f(10, "episodes per evaluation (0: no evaluation)")
