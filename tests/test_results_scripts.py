@@ -375,3 +375,21 @@ def test_docs_fit_table_is_its_csv() -> None:
                  "dataset")
     assert want[1], "fit.csv has no rows at policy steps 4000 and 10000"
     assert got == want
+
+
+def test_docs_training_time_table_is_the_no_critic_table() -> None:
+    """docs/results.md's side-by-side training times are no-critic/RESULTS.md's, and its ratio
+    column is VGM²P's time over MLP-BC's."""
+    docs = (ROOT / "docs" / "results.md").read_text().split("## Training time", 1)[1]
+    results = (RESULTS / "no-critic" / "RESULTS.md").read_text().split("Training time", 1)[1]
+    head, rows = _table(docs, "dataset")
+    r_head, r_rows = _table(results, "dataset")
+    by_name = {r[0]: dict(zip(r_head, r)) for r in r_rows}
+    assert [r[0] for r in rows] == list(by_name)
+    for row in rows:
+        full = by_name[row[0]]
+        cells = dict(zip(head, row))
+        for method in r_head[1:]:
+            assert cells[method] == f"{full[method]} s", (row[0], method)
+        ratio = float(full["VGM²P"]) / float(full["MLP-BC"])
+        assert cells["VGM²P ÷ MLP-BC"] == f"{ratio:.1f}x", row[0]

@@ -96,7 +96,8 @@ def plot_curve(out: Path, value_warmup: int) -> None:
         if pts:
             ax.plot(*zip(*pts), lw=1)
         else:  # the BC presets fit no critic
-            ax.text(0.5, 0.5, "not logged by this run", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no critic (the policy reads no advantages)", ha="center",
+                    transform=ax.transAxes)
         if value_warmup:
             ax.axvspan(0, value_warmup, color="0.85", label="critic warm-up")
             ax.legend(fontsize=8)
