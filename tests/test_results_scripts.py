@@ -393,3 +393,23 @@ def test_docs_training_time_table_is_the_no_critic_table() -> None:
             assert cells[method] == f"{full[method]} s", (row[0], method)
         ratio = float(full["VGM²P"]) / float(full["MLP-BC"])
         assert cells["VGM²P ÷ MLP-BC"] == f"{ratio:.1f}x", row[0]
+
+
+def test_docs_ten_seed_numbers_are_their_tables() -> None:
+    """The 10-seed hopper-3x1-medium paragraph quotes hopper-10-seeds/RESULTS.md (sampled, every
+    seed) and reevaluate.py --render of its noise.csv (seeds 5-9, sampled and e = 0)."""
+    docs = (ROOT / "docs" / "results.md").read_text().split("### hopper-3x1-medium on 10", 1)[1]
+    docs = " ".join(docs.split("\n## ", 1)[0].split())
+    folder = RESULTS / "hopper-10-seeds"
+    head, rows = _table((folder / "RESULTS.md").read_text(), "dataset")
+    cell = dict(zip(head, rows[0]))
+    for method in ("VGM²P", "MLP-BC", "MeanFlow-BC"):
+        mean_2sigma = cell[method].split(" (sd")[0]
+        assert mean_2sigma in docs, (method, mean_2sigma)
+    res = _run("reevaluate.py", "--render", "--csv", str(folder / "noise.csv"))
+    assert res.returncode == 0, res.stderr
+    n_head, n_rows = _table(res.stdout, "dataset")
+    score = {(r[1], r[2]): r[n_head.index("normalised (mean ± 2σ)")] for r in n_rows}
+    assert f"At e = 0 seeds 5-9 give {score[('vgm2p', 'zero')]} (sampled: " \
+           f"{score[('vgm2p', 'auto')]})" in docs
+
