@@ -95,8 +95,9 @@ def plot_curve(out: Path, value_warmup: int) -> None:
         pts = [(r["iteration"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts), lw=1)
-        else:  # the BC presets fit no critic
-            ax.text(0.5, 0.5, "no critic (the policy reads no advantages)", ha="center",
+        else:  # no policy step yet, or (critic panels) a BC preset, which fits no critic
+            ax.text(0.5, 0.5, "not logged" if key == "loss" else
+                    "no critic (the policy reads no advantages)", ha="center",
                     transform=ax.transAxes)
         if value_warmup:
             ax.axvspan(0, value_warmup, color="0.85", label="critic warm-up")
