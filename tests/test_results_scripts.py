@@ -412,4 +412,3 @@ def test_docs_ten_seed_numbers_are_their_tables() -> None:
     score = {(r[1], r[2]): r[n_head.index("normalised (mean ± 2σ)")] for r in n_rows}
     assert f"At e = 0 seeds 5-9 give {score[('vgm2p', 'zero')]} (sampled: " \
            f"{score[('vgm2p', 'auto')]})" in docs
-

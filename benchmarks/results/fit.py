@@ -52,7 +52,7 @@ def measure(run_dir: Path, every: int, rows: int, draws: int) -> list[dict]:
     from vgm2p_fast.datasets import load_dataset
     from vgm2p_fast.policy import MLPPolicy
     from vgm2p_fast.train import build_policy, config_from
-    from vgm2p_fast.train.runs import checkpoints
+    from vgm2p_fast.train.runs import checkpoints, fitted_critic
 
     found = {}
     for path in checkpoints(run_dir):
@@ -67,9 +67,8 @@ def measure(run_dir: Path, every: int, rows: int, draws: int) -> list[dict]:
                                     generator=torch.Generator().manual_seed(0))[:rows])
     obs, data = probe["observations"], probe["actions"]
     sampler = "euler" if cfg.policy_loss == "flow_matching" else "meanflow"
-    # runs before the BC presets dropped their unused critic (fit.csv's, at d3a3dec) warmed
-    # one up too: a checkpoint with critic optimiser state counts the warm-up in its iteration
-    warmup = cfg.value_warmup if next(iter(found.values())).get("c_opt") else 0
+    # fit.csv's BC runs (d3a3dec) still warmed up the critic they did not read
+    warmup = cfg.value_warmup if fitted_critic(next(iter(found.values()))) else 0
     out = []
     for step in range(every, cfg.steps + 1, every):
         state = found.get(warmup + step)

@@ -242,7 +242,7 @@ class _Run:
         self.curve: list[dict[str, Any]] = []
         if self.state is not None:
             st = self.state
-            if (st.get("c_opt") is None) != (self.c_opt is None):
+            if runs.fitted_critic(st) != cfg.uses_critic:
                 # earlier versions fitted a critic for every method; their iteration counts
                 # include its warm-up, so the policy step would be misread
                 raise ValueError(f"resume: {out}'s checkpoint was written by a version that "

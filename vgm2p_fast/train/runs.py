@@ -98,6 +98,13 @@ def checkpoints(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def fitted_critic(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint's run fitted a critic (saved critic optimiser state); its
+    ``iteration`` then counts ``value_warmup`` warm-up iterations. Checkpoints of the BC presets
+    from before they dropped their unused critic did."""
+    return state.get("c_opt") is not None
+
+
 def save_checkpoint(out: Path, state: dict[str, Any], keep: int) -> Path:
     """Write ``checkpoint-<iteration>.pt`` atomically, read it back, then drop all but the
     newest ``keep``. A file that does not read back as the one written (a full disk, bad
