@@ -110,6 +110,19 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     table = _run("reevaluate.py", "--render", "--csv", str(re_csv)).stdout
     assert re.search(r"\| halfcheetah-2x3-small \| vgm2p \| zero \| 1 \| 2 \| -?\d+\.\d ± 0\.0 \|",
                      table), table
+    # mode+S: the e = 0 action plus N(0, S^2) in [-1, 1] units; S = 0 is the e = 0 evaluation
+    mode_csv = tmp_path / "mode.csv"
+    res = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
+               "--methods", "vgm2p", "--seeds", "0", "--episodes", "2", "--eval-seed", "7",
+               "--noise", "mode+0", "mode+0.5", "--csv", str(mode_csv))
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(mode_csv, newline="") as f:
+        mode = {r["noise"]: float(r["return_mean"]) for r in csv.DictReader(f)}
+    assert mode["mode+0"] == pytest.approx(float(got["zero"]["return_mean"]), rel=1e-6)
+    assert mode["mode+0.5"] != pytest.approx(mode["mode+0"], rel=1e-3)
+    typo = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
+                "--noise", "mode+wide", "--csv", str(mode_csv))
+    assert typo.returncode == 2 and "--noise: expected one of" in typo.stderr
     bad = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
                "--seeds", "5", "--csv", str(re_csv))
     assert bad.returncode == 2 and "not a finished run" in bad.stderr
@@ -397,7 +410,8 @@ def test_docs_training_time_table_is_the_no_critic_table() -> None:
 
 def test_docs_ten_seed_numbers_are_their_tables() -> None:
     """The 10-seed hopper-3x1-medium paragraph quotes hopper-10-seeds/RESULTS.md (sampled, every
-    seed) and reevaluate.py --render of its noise.csv (seeds 5-9, sampled and e = 0)."""
+    seed), reevaluate.py --render of its noise.csv (seeds 5-9, sampled and e = 0) and of its
+    width.csv (seeds 5-9, 100 episodes, the deterministic action with and without noise)."""
     docs = (ROOT / "docs" / "results.md").read_text().split("### hopper-3x1-medium on 10", 1)[1]
     docs = " ".join(docs.split("\n## ", 1)[0].split())
     folder = RESULTS / "hopper-10-seeds"
@@ -412,6 +426,28 @@ def test_docs_ten_seed_numbers_are_their_tables() -> None:
     score = {(r[1], r[2]): r[n_head.index("normalised (mean ± 2σ)")] for r in n_rows}
     assert f"At e = 0 seeds 5-9 give {score[('vgm2p', 'zero')]} (sampled: " \
            f"{score[('vgm2p', 'auto')]})" in docs
+    # the mode-plus-noise table is reevaluate.py --render of width.csv, cell for cell
+    res = _run("reevaluate.py", "--render", "--csv", str(folder / "width.csv"))
+    assert res.returncode == 0, res.stderr
+    w_head, w_rows = _table(res.stdout, "dataset")
+    width = {(r[1], r[2]): r[w_head.index("normalised (mean ± 2σ)")] for r in w_rows}
+    assert {r[w_head.index("episodes")] for r in w_rows} == {"100"}
+    assert {r[w_head.index("seeds")] for r in w_rows} == {"5"}
+    raw = (ROOT / "docs" / "results.md").read_text()
+    head, rows = _table(raw.split("[width.csv]", 1)[1], "method")
+    labels = {"VGM²P": "vgm2p", "MeanFlow-BC": "meanflow-bc", "MLP-BC": "mlp-bc"}
+    noise_of = {"deterministic (e = 0)": "zero", "+ N(0, 0.05²)": "mode+0.05",
+                "+ N(0, 0.1²)": "mode+0.1", "sampled": "auto"}
+    assert [r[0] for r in rows] == list(labels) and head[1:] == list(noise_of), (rows, head)
+    for row in rows:
+        m = labels[row[0]]
+        for h, cell in zip(head[1:], row[1:]):
+            noise = "none" if (m, noise_of[h]) == ("mlp-bc", "zero") else noise_of[h]
+            assert cell == width.get((m, noise), ""), (row[0], h, cell)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    mean = {k: v.split(" ±")[0] for k, v in width.items()}
+    assert (f"with the data's own action noise MLP-BC falls to {mean[('mlp-bc', 'mode+0.1')]} "
+            f"and VGM²P's mode to {mean[('vgm2p', 'mode+0.1')]}") in readme
 
 
 def test_docs_continuous_noise_verdicts_are_make_tables() -> None:

@@ -5,7 +5,10 @@ evaluation episodes has a standard error of ~0.15 (~13 normalised points) on its
 as the differences the targets judge. This script loads each run's final ``policy.pt`` and
 evaluates it again, on ``--episodes`` episodes from ``--eval-seed`` (not the training
 evaluation's seeds), once per ``--noise`` setting (``auto``, ``sample`` or ``zero``; an MLP
-policy is deterministic and is evaluated once, noise ``none``). One csv row per evaluation:
+policy is deterministic and is evaluated once, noise ``none``). ``mode+S`` (any policy) acts
+with the deterministic action (a flow's e = 0, the MLP's output) plus Gaussian noise of sd S
+in the dataset's [-1, 1] action units, clipped: ``mode+0.1`` puts back the sd-0.1 noise the
+MaMuJoCo behaviour policies record with. One csv row per evaluation:
 
     python benchmarks/results/reevaluate.py --runs benchmarks/results/table-runs \\
         --datasets smax-2s3z-medium smax-3m-medium --methods vgm2p meanflow-bc mlp-bc \\
@@ -34,6 +37,54 @@ COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "retur
            "return_std", "win_rate", "normalised", "commit"]
 
 
+NOISE = ("auto", "sample", "zero", "mode+S")
+
+
+def action_noise(noise: str) -> float | None:
+    """S of a ``mode+S`` setting (S >= 0), None for ``auto`` / ``sample`` / ``zero``; anything
+    else is a ValueError naming ``--noise``."""
+    if noise in NOISE[:3]:
+        return None
+    try:
+        sd = float(noise.removeprefix("mode+")) if noise.startswith("mode+") else -1.0
+    except ValueError:
+        sd = -1.0
+    if not sd >= 0.0:
+        raise ValueError(f"--noise: expected one of {', '.join(NOISE)} (S >= 0), found {noise!r}")
+    return sd
+
+
+def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int) -> dict:
+    """``envs.evaluate`` of the deterministic action plus N(0, sd^2) in [-1, 1] units, clipped
+    (the noise from a generator seeded by ``eval_seed``: reruns give the same numbers)."""
+    import contextlib
+
+    import torch
+
+    from vgm2p_fast import envs
+    from vgm2p_fast.policy import MLPPolicy
+
+    policy = policy.eval()
+    gen = torch.Generator().manual_seed(eval_seed)
+    low, high = policy.action_low, policy.action_high
+
+    @torch.no_grad()
+    def act(obs, avail):
+        obs = torch.as_tensor(obs, dtype=policy.obs_mean.dtype, device=policy.obs_mean.device)
+        if isinstance(policy, MLPPolicy):
+            a = policy.act(obs, None)
+        else:
+            a = policy.act(obs, None, noise=torch.zeros(obs.shape[0], policy.n_agents,
+                                                          policy.action_dim, dtype=obs.dtype,
+                                                          device=obs.device))
+        unit = 2 * (a - low) / (high - low) - 1
+        unit = unit + sd * torch.randn(unit.shape, generator=gen).to(unit)
+        return (low + (unit.clamp(-1, 1) + 1) * (high - low) / 2).cpu()
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return envs.evaluate(act, env, episodes, seed=eval_seed)
+
+
 def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> dict:
     """One evaluation of ``run_dir/policy.pt`` (the run's env, guidance and step count)."""
     from vgm2p_fast.policy import MLPPolicy, load_policy
@@ -43,13 +94,20 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     policy = load_policy(run_dir / "policy.pt")
     meta = policy.metadata
     mlp = isinstance(policy, MLPPolicy)
-    res = evaluate_policy(policy, meta["env"], episodes, eval_seed,
-                          meta.get("test_guidance", 1.0), meta.get("eval_steps", 1),
-                          meta.get("sampler", "meanflow"), "auto" if mlp else noise)
+    sd = action_noise(noise)
+    if sd is not None:
+        if policy.discrete:
+            raise ValueError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
+        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed)
+    else:
+        res = evaluate_policy(policy, meta["env"], episodes, eval_seed,
+                              meta.get("test_guidance", 1.0), meta.get("eval_steps", 1),
+                              meta.get("sampler", "meanflow"), "auto" if mlp else noise)
     refs = summary.get("references")
     score = normalised_score(res["return_mean"], tuple(refs) if refs else None)
     commit = run_dir / "commit.txt"
-    return {"noise": "none" if mlp else noise, "episodes": episodes, "eval_seed": eval_seed,
+    noise = "none" if mlp and sd is None else noise
+    return {"noise": noise, "episodes": episodes, "eval_seed": eval_seed,
             "return_mean": res["return_mean"], "return_std": res["return_std"],
             "win_rate": res.get("win_rate", ""), "normalised": "" if score is None else score,
             "commit": commit.read_text().strip() if commit.exists() else ""}
@@ -88,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=100, help="episodes per evaluation")
     p.add_argument("--eval-seed", type=int, default=20_000,
                    help="seed of the episodes (default 20000: not training's 10000)")
-    p.add_argument("--noise", nargs="+", default=["auto"], choices=["auto", "sample", "zero"],
-                   help="initial-noise settings, one evaluation each (flow policies)")
+    p.add_argument("--noise", nargs="+", default=["auto"], metavar="NOISE",
+                   help="settings, one evaluation each: auto, sample, zero (the initial noise of "
+                        "flow policies) or mode+S (the deterministic action plus N(0, S^2) "
+                        "in [-1, 1] units, clipped; continuous actions, MLP policies too)")
     p.add_argument("--csv", type=Path, default=HERE / "reevaluate.csv",
                    help="rows are written (and replaced, by dataset/method/seed/noise) here")
     p.add_argument("--skip-missing", action="store_true",
@@ -103,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.episodes < 1:
         p.error(f"--episodes: expected >= 1, found {a.episodes}")
+    for noise in a.noise:
+        try:
+            action_noise(noise)
+        except ValueError as e:
+            p.error(str(e))
     if not a.datasets:
         p.error("--datasets: expected at least one dataset")
     key = lambda r: (r["dataset"], r["method"], int(r["seed"]), r["noise"])  # noqa: E731
@@ -116,13 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{run_dir}: skipped, not a finished run", flush=True)
                         continue
                     p.error(f"{run_dir}: not a finished run (no summary.json)")
+                deterministic = False    # an MLP's auto / sample / zero are one evaluation
                 for noise in a.noise:
-                    r = {"dataset": ds, "method": m, "seed": s,
-                         **evaluate_run(run_dir, noise, a.episodes, a.eval_seed)}
+                    if deterministic and action_noise(noise) is None:
+                        continue
+                    try:
+                        r = {"dataset": ds, "method": m, "seed": s,
+                             **evaluate_run(run_dir, noise, a.episodes, a.eval_seed)}
+                    except ValueError as e:
+                        p.error(str(e))
                     rows[key(r)] = {k: str(r[k]) for k in COLUMNS}
                     print(f"{ds} {m} seed{s} {r['noise']}: {r['return_mean']:.3f}", flush=True)
-                    if r["noise"] == "none":
-                        break
+                    deterministic |= r["noise"] == "none"
     a.csv.parent.mkdir(parents=True, exist_ok=True)
     with open(a.csv, "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
