@@ -54,9 +54,15 @@ def action_noise(noise: str) -> float | None:
     return sd
 
 
-def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int) -> dict:
-    """``envs.evaluate`` of the deterministic action plus N(0, sd^2) in [-1, 1] units, clipped
-    (the noise from a generator seeded by ``eval_seed``: reruns give the same numbers)."""
+class NoiseError(ValueError):
+    """A ``--noise`` setting a run cannot take (``mode+S`` on discrete actions)."""
+
+
+def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
+                **sampling) -> dict:
+    """``envs.evaluate`` of the deterministic action (``policy.act`` from e = 0 with the run's
+    ``sampling`` options: test_guidance, n_steps, sampler) plus N(0, sd^2) in [-1, 1] units,
+    clipped (the noise from a generator seeded by ``eval_seed``: reruns give the same numbers)."""
     import contextlib
 
     import torch
@@ -74,9 +80,9 @@ def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int) -> d
         if isinstance(policy, MLPPolicy):
             a = policy.act(obs, None)
         else:
-            a = policy.act(obs, None, noise=torch.zeros(obs.shape[0], policy.n_agents,
-                                                          policy.action_dim, dtype=obs.dtype,
-                                                          device=obs.device))
+            e = torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=obs.dtype,
+                            device=obs.device)
+            a = policy.act(obs, None, noise=e, **sampling)
         unit = 2 * (a - low) / (high - low) - 1
         unit = unit + sd * torch.randn(unit.shape, generator=gen).to(unit)
         return (low + (unit.clamp(-1, 1) + 1) * (high - low) / 2).cpu()
@@ -94,15 +100,17 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     policy = load_policy(run_dir / "policy.pt")
     meta = policy.metadata
     mlp = isinstance(policy, MLPPolicy)
+    sampling = {"test_guidance": meta.get("test_guidance", 1.0),
+                "n_steps": meta.get("eval_steps", 1), "sampler": meta.get("sampler", "meanflow")}
     sd = action_noise(noise)
     if sd is not None:
         if policy.discrete:
-            raise ValueError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
-        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed)
+            raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
+        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed,
+                          **({} if mlp else sampling))
     else:
-        res = evaluate_policy(policy, meta["env"], episodes, eval_seed,
-                              meta.get("test_guidance", 1.0), meta.get("eval_steps", 1),
-                              meta.get("sampler", "meanflow"), "auto" if mlp else noise)
+        res = evaluate_policy(policy, meta["env"], episodes, eval_seed, **sampling,
+                              noise="auto" if mlp else noise)
     refs = summary.get("references")
     score = normalised_score(res["return_mean"], tuple(refs) if refs else None)
     commit = run_dir / "commit.txt"
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         r = {"dataset": ds, "method": m, "seed": s,
                              **evaluate_run(run_dir, noise, a.episodes, a.eval_seed)}
-                    except ValueError as e:
+                    except NoiseError as e:
                         p.error(str(e))
                     rows[key(r)] = {k: str(r[k]) for k in COLUMNS}
                     print(f"{ds} {m} seed{s} {r['noise']}: {r['return_mean']:.3f}", flush=True)
