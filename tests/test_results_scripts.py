@@ -87,21 +87,25 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
     # reevaluate.py: the final policy again, on other episodes, once per noise setting; the
-    # numbers are evaluate_policy's and the normalisation the table's.
+    # numbers are evaluate_policy's and the normalisation the table's. mode+S is the e = 0
+    # action plus N(0, S^2) in [-1, 1] units: S = 0 is the e = 0 evaluation.
     from vgm2p_fast.policy import load_policy
     from vgm2p_fast.train.evaluation import evaluate_policy
 
     re_csv = tmp_path / "re.csv"
     res = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
                "--methods", "vgm2p", "--seeds", "0", "--episodes", "2", "--eval-seed", "7",
-               "--noise", "auto", "zero", "--csv", str(re_csv))
+               "--noise", "auto", "zero", "mode+0", "mode+0.5", "--csv", str(re_csv))
     assert res.returncode == 0, res.stdout + res.stderr
     with open(re_csv, newline="") as f:
         got = {r["noise"]: r for r in csv.DictReader(f)}
-    assert sorted(got) == ["auto", "zero"]
+    assert sorted(got) == ["auto", "mode+0", "mode+0.5", "zero"]
+    mode = {k: float(got[k]["return_mean"]) for k in ("zero", "mode+0", "mode+0.5")}
+    assert mode["mode+0"] == pytest.approx(mode["zero"], rel=1e-6)
+    assert mode["mode+0.5"] != pytest.approx(mode["mode+0"], rel=1e-3)
     run_dir = runs / "halfcheetah-2x3-small" / "vgm2p" / "seed0"
     policy = load_policy(run_dir / "policy.pt")
-    for noise, r in got.items():
+    for noise, r in [(k, got[k]) for k in ("auto", "zero")]:
         ref = evaluate_policy(policy, "mamujoco/HalfCheetah-2x3", 2, 7, noise=noise)
         assert (r["episodes"], r["eval_seed"]) == ("2", "7")
         assert float(r["return_mean"]) == pytest.approx(ref["return_mean"], rel=1e-6)
@@ -110,18 +114,8 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     table = _run("reevaluate.py", "--render", "--csv", str(re_csv)).stdout
     assert re.search(r"\| halfcheetah-2x3-small \| vgm2p \| zero \| 1 \| 2 \| -?\d+\.\d ± 0\.0 \|",
                      table), table
-    # mode+S: the e = 0 action plus N(0, S^2) in [-1, 1] units; S = 0 is the e = 0 evaluation
-    mode_csv = tmp_path / "mode.csv"
-    res = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
-               "--methods", "vgm2p", "--seeds", "0", "--episodes", "2", "--eval-seed", "7",
-               "--noise", "mode+0", "mode+0.5", "--csv", str(mode_csv))
-    assert res.returncode == 0, res.stdout + res.stderr
-    with open(mode_csv, newline="") as f:
-        mode = {r["noise"]: float(r["return_mean"]) for r in csv.DictReader(f)}
-    assert mode["mode+0"] == pytest.approx(float(got["zero"]["return_mean"]), rel=1e-6)
-    assert mode["mode+0.5"] != pytest.approx(mode["mode+0"], rel=1e-3)
     typo = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
-                "--noise", "mode+wide", "--csv", str(mode_csv))
+                "--noise", "mode+wide", "--csv", str(re_csv))
     assert typo.returncode == 2 and "--noise: expected one of" in typo.stderr
     bad = _run("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
                "--seeds", "5", "--csv", str(re_csv))
