@@ -60,9 +60,10 @@ class NoiseError(ValueError):
 
 def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
                 **sampling) -> dict:
-    """``envs.evaluate`` of the deterministic action (``policy.act`` from e = 0 with the run's
-    ``sampling`` options: test_guidance, n_steps, sampler) plus N(0, sd^2) in [-1, 1] units,
-    clipped (the noise from a generator seeded by ``eval_seed``: reruns give the same numbers)."""
+    """``envs.evaluate`` of the deterministic action (a flow's ``act`` from e = 0 with the run's
+    ``sampling`` options: test_guidance, n_steps, sampler; an MLP's output, which takes none)
+    plus N(0, sd^2) in [-1, 1] units, clipped (the noise from a generator seeded by
+    ``eval_seed``: reruns give the same numbers)."""
     import contextlib
 
     import torch
@@ -106,8 +107,7 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     if sd is not None:
         if policy.discrete:
             raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
-        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed,
-                          **({} if mlp else sampling))
+        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed, **sampling)
     else:
         res = evaluate_policy(policy, meta["env"], episodes, eval_seed, **sampling,
                               noise="auto" if mlp else noise)
