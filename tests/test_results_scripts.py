@@ -127,6 +127,27 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     assert re_csv.read_text() == before   # nothing evaluated, the old rows kept
 
 
+def test_reevaluate_refuses_action_noise_on_discrete_runs(tmp_path: Path) -> None:
+    """mode+S adds Gaussian noise to a continuous action; a discrete run is a usage error that
+    names --noise and the run, before any evaluation, and leaves the csv as it was."""
+    from vgm2p_fast.policy import MeanFlowPolicy
+
+    run_dir = tmp_path / "runs" / "smax-3m-medium" / "vgm2p" / "seed0"
+    run_dir.mkdir(parents=True)
+    MeanFlowPolicy(5, 4, 3, discrete=True, hidden_dims=(8,)).save(
+        run_dir / "policy.pt", metadata={"env": "smax/3m"})
+    (run_dir / "summary.json").write_text(json.dumps({"references": None}))
+    re_csv = tmp_path / "re.csv"
+    re_csv.write_text("kept\n")
+    res = _run("reevaluate.py", "--runs", str(tmp_path / "runs"), "--datasets",
+               "smax-3m-medium", "--methods", "vgm2p", "--seeds", "0", "--noise", "mode+0.1",
+               "--csv", str(re_csv))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--noise mode+0.1: continuous actions only" in res.stderr
+    assert str(run_dir) in res.stderr and "Traceback" not in res.stderr
+    assert re_csv.read_text() == "kept\n"
+
+
 def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
     """ABLATIONS.md is what ``ablations.py --render`` writes from the runs.csv beside it."""
     folder = RESULTS / "ablations"
