@@ -405,6 +405,27 @@ def test_docs_fit_table_is_its_csv() -> None:
     assert got == want
 
 
+def test_docs_and_readme_guidance_sweep_is_the_committed_table() -> None:
+    """docs/results.md's guidance table is RESULTS.md's sweep, cell for cell, and the README's
+    'w = 1.5 / 3 / 4 change VGM²P by a / b / c %' per dataset and its count of points outside
+    ±10 % are that table's."""
+    results = (RESULTS / "RESULTS.md").read_text().split("## Guidance-scale sweep", 1)[1]
+    head, rows = _table(results, "dataset")
+    assert head[1:] == ["w = 1.5", "w = 2", "w = 3", "w = 4"] and rows, head
+    docs = (ROOT / "docs" / "results.md").read_text().split("## Guidance scale", 1)[1]
+    d_head, d_rows = _table(docs, "dataset")
+    assert d_head == head
+    assert [[c.replace(" %", "%") for c in r] for r in d_rows] == rows
+    change = {r[0]: [re.search(r"\(([+-]\d+)%\)", c).group(1) for c in (r[1], r[3], r[4])]
+              for r in rows}
+    readme = (ROOT / "README.md").read_text()
+    said = {m.group(4): [m.group(1), m.group(2), m.group(3)] for m in re.finditer(
+        r"([+-]\d+) / ([+-]\d+) / ([+-]\d+) % on ([a-z0-9-]+)", readme)}
+    assert said == change, (said, change)
+    outside = sum(abs(int(v)) > 10 for v in itertools.chain(*change.values()))
+    assert f"{outside} of {3 * len(rows)} points outside ±10 %" in readme
+
+
 def test_docs_training_time_table_is_the_no_critic_table() -> None:
     """docs/results.md's side-by-side training times are no-critic/RESULTS.md's, and its ratio
     column is VGM²P's time over MLP-BC's."""
