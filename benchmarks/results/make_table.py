@@ -244,14 +244,15 @@ def plot(rows: list[dict], sweep: dict, methods: list[str], out: Path) -> list[s
         plt.close(fig)
         written.append("curves.png")
     if sweep:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
         for d, pts in sweep.items():
             ws = list(pts)
             ax.errorbar(ws, [stats(pts[w])[0] for w in ws],
                         yerr=[2 * stats(pts[w])[2] for w in ws], marker="o", capsize=3, label=d)
         ax.set_xlabel("guidance scale")
         ax.set_ylabel("normalised return (VGM²P, ± 2σ)")
-        ax.legend(fontsize=8)
+        # outside the axes: five curves leave no empty corner for it
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "sweep.png", dpi=110)
