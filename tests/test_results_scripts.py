@@ -422,19 +422,17 @@ def test_docs_and_readme_guidance_sweep_is_the_committed_table() -> None:
     said = {m.group(4): [m.group(1), m.group(2), m.group(3)] for m in re.finditer(
         r"([+-]\d+)\s+/\s+([+-]\d+)\s+/\s+([+-]\d+)\s+%\s+on\s+([a-z0-9-]+)", readme)}
     assert said == change, (said, change)
-    # counted on the unrounded means (a cell's "-10%" can be -10.4 %)
+    # counted on the unrounded changes (a cell's "-10%" can be -10.4 %)
     sys.path.insert(0, str(RESULTS))
-    from make_table import CSV, collect, stats
+    from make_table import CSV, collect, stats, sweep_change
 
-    sweep = collect(CSV)[1]
-    assert sorted(sweep) == sorted(change)
-    outside = sum(abs(stats(v)[0] / stats(pts[2.0])[0] - 1) > 0.1
-                  for pts in sweep.values() for w, v in pts.items() if w != 2.0)
+    unrounded = {d: sweep_change(pts) for d, pts in collect(CSV)[1].items()}
+    assert sorted(unrounded) == sorted(change)
+    outside = sum(abs(r) > 10 for c in unrounded.values() for r in c.values())
     assert f"{outside} of {3 * len(rows)} points outside ±10 %" in " ".join(readme.split())
     flat = " ".join(docs.split())
-    for d, pts in sweep.items():   # a point that rounds to ±10 % is given unrounded in the docs
-        for w, v in pts.items():
-            r = 100 * (stats(v)[0] / stats(pts[2.0])[0] - 1)
+    for d, c in unrounded.items():   # a point that rounds to ±10 % is given unrounded in the docs
+        for w, r in c.items():
             assert round(r) not in (-10, 10) or f"{d}'s {round(r):+d} % is {r:+.1f} %" in flat \
                 or f"its {round(r):+d} % is {r:+.1f} %" in flat, (d, w, r)
     # smax-2s3z-medium's points on 100 episodes (reevaluate.csv), in the docs and the README

@@ -261,6 +261,15 @@ def plot(rows: list[dict], sweep: dict, methods: list[str], out: Path) -> list[s
     return written
 
 
+def sweep_change(pts: dict[float, np.ndarray]) -> dict[float, float]:
+    """Percent change of each guidance scale's mean from the default's (w = 2),
+    ``100 (mean_w - mean_2) / |mean_2|``, unrounded; empty without a (non-zero) default."""
+    base = stats(pts[2.0])[0] if 2.0 in pts else 0.0
+    if base == 0:
+        return {}
+    return {w: 100 * (stats(v)[0] - base) / abs(base) for w, v in pts.items() if w != 2.0}
+
+
 def render(rows: list[dict], sweep: dict, methods: list[str], seeds, plots: list[str],
            preamble: str, cards: str) -> str:
     """RESULTS.md; ``cards`` is the cards folder relative to it (for the dataset links)."""
@@ -313,15 +322,14 @@ def render(rows: list[dict], sweep: dict, methods: list[str], seeds, plots: list
                   "default scale)", "", "| dataset | " + " | ".join(f"w = {w:g}" for w in ws)
                   + " |", "|---|" + "---|" * len(ws)]
         for d, pts in sweep.items():
-            base = stats(pts[2.0])[0] if 2.0 in pts else None
+            change = sweep_change(pts)
             cells = []
             for w in ws:
                 if w not in pts:
                     cells.append("—")
                     continue
                 m, _, se = stats(pts[w])
-                rel = "" if base is None or w == 2.0 or base == 0 else \
-                    f" ({100 * (m - base) / abs(base):+.0f}%)"
+                rel = f" ({change[w]:+.0f}%)" if w in change else ""
                 cells.append(f"{m:.1f} ± {2 * se:.1f}{rel}")
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += [""] + [f"![{p}]({p})" for p in plots]
