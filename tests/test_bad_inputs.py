@@ -1,24 +1,20 @@
-"""Bad inputs and faults, table by table (issue 13, item 7): own data, run folders, resume,
-checkpoints and policy files, CLI options and config files, numbers.
+"""Bad inputs, table by table (issue 13, item 7): own data, checkpoints and policy files, CLI
+options and config files, refused before anything is written; API arguments; the CLI's help.
 
 A CLI case runs ``vgm2p_fast.cli.main`` in-process and must exit 2 with exactly one stderr
 line ``vgm2p: error: ...`` that names the field or file, no traceback, and no file or folder
 under the test's directory created, changed or removed (the refused run wrote nothing, the
 earlier run is intact). An API case must raise ValueError naming the argument. Subprocesses
-only where the property needs one: stdout purity of ``vgm2p eval --json`` and two runs at once.
+only where the property needs one: stdout purity of ``vgm2p eval --json``. Faults during a run
+(folders, resume, numbers mid-run) are in ``test_run_faults.py``; the shared lab is
+``bad_input_lab.py``.
 """
-
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,117 +22,19 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from bad_input_lab import EVAL, TINY, Lab, R, T, damage, data, refused, run_cli
 
 from vgm2p_fast import envs
-from vgm2p_fast.cli import build_parser, main
+from vgm2p_fast.cli import build_parser
 from vgm2p_fast.datasets import DatasetError, load_dataset, write_dataset
 from vgm2p_fast.policy import MeanFlowPolicy, MLPPolicy, load_policy
-from vgm2p_fast.train import RESUMABLE, TrainConfig, config_from, train
+from vgm2p_fast.train import TrainConfig, config_from, train
 from vgm2p_fast.train.config import METHODS
-from vgm2p_fast.train.runs import RunLock, checkpoints
-
-TINY = ["--steps", "5", "--value-warmup", "2", "--hidden-dims", "16", "--value-hidden", "16",
-        "--batch-size", "16", "--eval-episodes", "0", "--quiet"]
-
-
-def data(path: Path, *, t: int = 40, n: int = 2, obs_dim: int = 4, act_dim: int = 2,
-         discrete: bool = False, env: str = "my-sim", reward_scale: float = 1.0, seed: int = 0,
-         **kw) -> Path:
-    """A small dataset of 10-step episodes (continuous actions unless ``discrete``)."""
-    rng = np.random.default_rng(seed)
-    ends = np.zeros(t, bool)
-    ends[9::10] = True
-    ends[-1] = True
-    if discrete:
-        actions = rng.integers(0, act_dim, (t, n))
-        kw.setdefault("n_actions", act_dim)
-    else:
-        actions = rng.uniform(-1, 1, (t, n, act_dim)).astype(np.float32)
-    write_dataset(path, observations=rng.normal(size=(t, n, obs_dim)).astype(np.float32),
-                  actions=actions, rewards=(rng.normal(size=t) * reward_scale).astype(np.float32),
-                  terminals=ends, truncations=np.zeros(t, bool), env=env, **kw)
-    return path
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file (sha256) and folder under ``root``: equal before and after = nothing written."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` in-process: (exit status, stdout, stderr); argparse's exits included."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def refused(argv: list[str], names: list[str], root: Path | None) -> str:
-    """Assert the CLI refuses ``argv`` in one line naming ``names``, writing nothing under
-    ``root`` (None: a folder another process writes to)."""
-    before = tree(root) if root is not None else None
-    rc, _, err = run_cli(argv)
-    lines = err.splitlines()
-    assert rc == 2, f"exit {rc}, stderr:\n{err}"
-    assert len(lines) == 1 and lines[0].startswith("vgm2p: error: "), err
-    assert "Traceback" not in err
-    for name in names:
-        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
-    assert root is None or tree(root) == before, "a refused command changed files"
-    return lines[0]
-
-
-class Lab:
-    """The files of one case under ``tmp``: datasets, a trained run, a fresh --out path."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.ds = data(tmp / "d.h5")
-        self.out = tmp / "fresh"
-        self._run: Path | None = None
-
-    @property
-    def run(self) -> Path:
-        """A finished run: checkpoints at iterations 3, 6 and 7, the newest 2 kept."""
-        if self._run is None:
-            self._run = self.tmp / "run"
-            rc, _, err = run_cli(["train", "--dataset", str(self.ds), "--out", str(self._run),
-                                  *TINY, "--checkpoint-every", "3"])
-            assert rc == 0, err
-            assert [p.name for p in checkpoints(self._run)] == ["checkpoint-6.pt",
-                                                                "checkpoint-7.pt"]
-        return self._run
-
-    def fill(self, argv: list[str]) -> list[str]:
-        fields = {"ds": lambda: self.ds, "out": lambda: self.out, "tmp": lambda: self.tmp,
-                  "run": lambda: self.run}
-        return [re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]()), a) for a in argv]
 
 
 @pytest.fixture
 def lab(tmp_path) -> Lab:
     return Lab(tmp_path)
-
-
-def T(*extra: str) -> list[str]:
-    """A tiny ``vgm2p train`` into a fresh folder (later options override earlier ones)."""
-    return ["train", "--dataset", "{ds}", "--out", "{out}", *TINY, *extra]
-
-
-def R(*extra: str) -> list[str]:
-    """``vgm2p train --resume`` of the lab's finished run."""
-    return ["train", "--resume", "{run}", "--quiet", *extra]
-
-
-def EVAL(*extra: str) -> list[str]:
-    return ["eval", "--checkpoint", "{run}", "--episodes", "1", *extra]
 
 
 def patch_h5(name: str, edit: Callable[[h5py.File], None], **kw) -> Callable[[Lab], None]:
@@ -166,23 +64,6 @@ def write(rel: str, text: str | bytes) -> Callable[[Lab], None]:
     def setup(lab: Lab) -> None:
         path = lab.tmp / rel
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return setup
-
-
-def damage(how: str, *names: str) -> Callable[[Lab], None]:
-    """Setup: garble, truncate, empty or replace files of the lab's run."""
-    def setup(lab: Lab) -> None:
-        for name in names:
-            for path in sorted(lab.run.glob(name)):
-                blob = path.read_bytes()
-                new = {"garbage": b"PK\x03\x04" + os.urandom(64) + blob[200:],
-                       "truncate": blob[: len(blob) // 2], "empty": b""}.get(how)
-                if how == "foreign":
-                    torch.save({"weights": torch.zeros(2)}, path)
-                elif how == "delete":
-                    path.unlink()
-                else:
-                    path.write_bytes(new)
     return setup
 
 
@@ -385,250 +266,6 @@ def test_read_only_output_folder_is_one_line(lab):
     finally:
         subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
         ro.chmod(0o755)
-
-
-# ------------------------------------------------------------------- run folders
-
-
-def test_second_run_refused_then_overwrite_replaces_it(lab):
-    first = tree(lab.run)
-    refused(lab.fill(T("--out", "{run}")), ["already holds a run"], lab.tmp)
-    assert tree(lab.run) == first
-    rc, _, err = run_cli(lab.fill(T("--out", "{run}", "--overwrite", "--seed", "1")))
-    assert rc == 0, err
-    assert json.loads((lab.run / "config.json").read_text())["seed"] == 1
-
-
-def test_default_out_is_unique(lab, monkeypatch):
-    monkeypatch.chdir(lab.tmp)
-    argv = ["train", "--dataset", str(lab.ds), *TINY]
-    assert run_cli(argv)[0] == 0 and run_cli(argv)[0] == 0
-    made = sorted((lab.tmp / "runs").iterdir())
-    assert len(made) == 2 and all((p / "policy.pt").exists() for p in made), made
-
-
-def test_lock_refuses_a_second_run_in_the_same_folder(lab):
-    """In-process: the folder's lock is held (a run in progress); --overwrite and --resume are
-    refused, nothing is replaced; once released, --overwrite goes ahead."""
-    with RunLock(lab.run):
-        refused(lab.fill(T("--out", "{run}", "--overwrite")), ["in use", str(lab.run)], lab.tmp)
-        refused(lab.fill(R()), ["in use"], lab.tmp)
-    assert run_cli(lab.fill(T("--out", "{run}", "--overwrite")))[0] == 0
-
-
-def test_two_processes_in_one_folder(lab):
-    """A real second process: the run started first keeps its folder to itself."""
-    out = lab.tmp / "busy"
-    cmd = [sys.executable, "-m", "vgm2p_fast.cli", "train", "--dataset", str(lab.ds), "--out",
-           str(out), *TINY, "--steps", "1000000"]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 60
-        while not (out / "config.json").exists():
-            assert first.poll() is None, first.stderr.read().decode()
-            assert time.monotonic() < deadline, "the first run never started"
-            time.sleep(0.1)
-        config = (out / "config.json").read_bytes()
-        line = refused(lab.fill(T("--out", str(out), "--overwrite")), ["in use"], None)
-        assert str(out) in line
-        assert (out / "config.json").read_bytes() == config
-        assert first.poll() is None, "the refused run disturbed the first one"
-    finally:
-        first.kill()
-        first.wait()
-    # the kernel released the dead process's lock
-    assert run_cli(lab.fill(T("--out", str(out), "--overwrite")))[0] == 0
-
-
-# ------------------------------------------------------------------ resume and checkpoints
-
-
-@pytest.mark.parametrize("how", ["garbage", "truncate", "empty"])
-def test_bad_newest_checkpoint_falls_back_with_a_warning(lab, how):
-    damage(how, "checkpoint-7.pt")(lab)
-    rc, _, err = run_cli(lab.fill(R("--steps", "6")))
-    assert rc == 0, err
-    warnings = [ln for ln in err.splitlines() if ln.startswith("vgm2p: warning: ")]
-    assert len(warnings) == 1 and "checkpoint-7.pt" in warnings[0], err
-    assert "resuming at iteration 6" in err
-    # the unreadable file is set aside, not kept in place of a good checkpoint
-    assert [p.name for p in checkpoints(lab.run)] == ["checkpoint-6.pt", "checkpoint-8.pt"]
-    assert (lab.run / "checkpoint-7.pt.unreadable").exists()
-    assert torch.load(lab.run / "checkpoint-8.pt", weights_only=False)["iteration"] == 8
-
-
-def test_resume_may_change_only_the_resumable_options(lab):
-    assert {"steps", "eval_episodes", "log_every", "device"} <= set(RESUMABLE)
-    assert "hidden_dims" not in RESUMABLE and "dataset" not in RESUMABLE
-    rc, _, err = run_cli(lab.fill(R("--steps", "7", "--log-every", "3", "--keep-checkpoints",
-                                    "3")))
-    assert rc == 0, err
-    saved = json.loads((lab.run / "config.json").read_text())
-    assert (saved["steps"], saved["log_every"], saved["keep_checkpoints"]) == (7, 3, 3)
-
-
-def test_failed_checkpoint_read_back_leaves_the_previous_one(lab, monkeypatch):
-    """A checkpoint that reads back wrong (full disk, bad storage) is removed, the run stops in
-    one line naming it, and the previous checkpoint stays the newest."""
-    from vgm2p_fast.train import runs
-
-    real = torch.load
-
-    def flaky(path, *a, **kw):
-        state = real(path, *a, **kw)
-        if Path(path).name == "checkpoint-6.pt":
-            raise RuntimeError("PytorchStreamReader failed reading zip archive")
-        return state
-
-    monkeypatch.setattr(runs.torch, "load", flaky)
-    line = refused_run(lab, T("--checkpoint-every", "3"), ["checkpoint-6.pt"])
-    assert "read back" in line
-    assert [p.name for p in checkpoints(lab.out)] == ["checkpoint-3.pt"]
-    assert not (lab.out / "policy.pt").exists()
-
-
-def refused_run(lab: Lab, argv: list[str], names: list[str]) -> str:
-    """A run that starts, then stops: exit 2 and one error line naming ``names``."""
-    rc, _, err = run_cli(lab.fill(argv))
-    errors = [ln for ln in err.splitlines() if ln.startswith("vgm2p: error: ")]
-    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
-    assert len(err.splitlines()) == 2, err  # the start line, then the error
-    for name in names:
-        assert name in errors[0], errors[0]
-    return errors[0]
-
-
-# ----------------------------------------------------------------------- numbers mid-run
-
-
-def _nan_after(monkeypatch, owner, name: str, calls: int) -> None:
-    """``owner.name`` (a loss method) returns NaN from its ``calls + 1``-th call on."""
-    real, seen = getattr(owner, name), [0]
-
-    def patched(self, *a, **kw):
-        seen[0] += 1
-        loss, info = real(self, *a, **kw)
-        return (loss * float("nan"), info) if seen[0] > calls else (loss, info)
-
-    monkeypatch.setattr(owner, name, patched)
-
-
-def _nan_grads(monkeypatch, calls: int) -> None:
-    """``clip_grad_norm_`` sets the gradients it clips to NaN at its ``calls + 1``-th call
-    (the loss stays finite; only the weights go bad)."""
-    real, seen = torch.nn.utils.clip_grad_norm_, [0]
-
-    def patched(params, *a, **kw):
-        params = list(params)
-        seen[0] += 1
-        if seen[0] == calls + 1:
-            for p in params:
-                p.grad.fill_(float("nan"))
-        return real(params, *a, **kw)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", patched)
-
-
-def _nan_refresh(monkeypatch, calls: int) -> None:
-    from vgm2p_fast.advantage import GAEEstimator
-
-    real, seen = GAEEstimator.refresh, [0]
-
-    def patched(self, ds):
-        seen[0] += 1
-        adv = real(self, ds)
-        return adv * float("nan") if seen[0] > calls else adv
-
-    monkeypatch.setattr(GAEEstimator, "refresh", patched)
-
-
-@pytest.mark.parametrize("fault, quantity, stop, kept", [
-    ("policy-loss", "the policy loss", 6, [2, 4]),
-    ("critic-loss", "the critic loss", 4, [2]),
-    ("advantages", "the dataset advantages", 4, [2, 4]),
-    ("gradients", "the weights", 4, [2]),
-])
-def test_nan_mid_run_stops_naming_iteration_and_keeps_a_good_checkpoint(
-        lab, monkeypatch, fault, quantity, stop, kept):
-    """The policy loss turns NaN at its 3rd step (iteration 5), the critic's at iteration 3,
-    the advantages at the refresh of iteration 4 (--refresh-every 4), the policy gradient
-    (not the loss) at iteration 4, the checkpoint's: the run stops at the next check, keeps
-    the checkpoints before, writes no policy.pt, and resumes from them."""
-    from vgm2p_fast.advantage import GAEEstimator
-
-    if fault == "policy-loss":
-        _nan_after(monkeypatch, MeanFlowPolicy, "meanflow_loss", 2)
-    elif fault == "critic-loss":
-        _nan_after(monkeypatch, GAEEstimator, "loss", 2)
-    elif fault == "gradients":
-        _nan_grads(monkeypatch, 6)  # 2 clips an iteration: the policy's of iteration 4
-    else:
-        _nan_refresh(monkeypatch, 1)
-    argv = T("--checkpoint-every", "2", "--refresh-every", "4")
-    line = refused_run(lab, argv, [f"iteration {stop}", quantity, "NaN",
-                                   f"checkpoint-{kept[-1]}.pt"])
-    assert [p.name for p in checkpoints(lab.out)] == [f"checkpoint-{k}.pt" for k in kept], line
-    state = torch.load(checkpoints(lab.out)[-1], weights_only=False)
-    assert all(torch.isfinite(v).all() for v in state["ema"].values() if v.is_floating_point())
-    assert not (lab.out / "policy.pt").exists() and not (lab.out / "summary.json").exists()
-    monkeypatch.undo()
-    rc, _, err = run_cli(lab.fill(["train", "--resume", "{out}", "--quiet"]))
-    assert rc == 0 and f"resuming at iteration {kept[-1]}" in err, err
-
-
-@pytest.mark.parametrize("lr", ["1e30", "1e37"])
-def test_diverging_learning_rate_stops_with_finite_checkpoints(lab, lr):
-    """No monkeypatching: a learning rate of 1e30 or 1e37 (the largest accepted) makes the
-    weights explode; the run stops naming the iteration, and every checkpoint it kept holds
-    finite weights."""
-    argv = T("--lr", lr, "--value-lr", lr, "--checkpoint-every", "1", "--steps", "30")
-    line = refused_run(lab, argv, ["iteration", "NaN or inf"])
-    assert re.search(r"iteration \d+: the (critic|policy) loss|weights", line), line
-    for path in checkpoints(lab.out):
-        state = torch.load(path, weights_only=False)
-        for part in ("objective", "ema"):
-            assert all(torch.isfinite(v).all() for v in state[part].values()
-                       if v.is_floating_point()), (path, part)
-
-
-def test_large_rewards_train_to_finite_numbers(lab):
-    """Rewards of 1e25 (below the refusal threshold) train: losses, advantages and actions are
-    finite (the TensorBoard histogram of the advantages included)."""
-    big = data(lab.tmp / "big.h5", reward_scale=1e25)
-    rc, _, err = run_cli(lab.fill(T("--dataset", str(big))))
-    assert rc == 0, err
-    rows = [json.loads(ln) for ln in (lab.out / "metrics.jsonl").read_text().splitlines()]
-    assert rows and all(np.isfinite(v) for r in rows for v in r.values()
-                        if isinstance(v, float))
-    policy = load_policy(lab.out / "policy.pt")
-    assert torch.isfinite(policy.act(torch.randn(3, 2, 4))).all()
-
-
-# -------------------------------------------------------------------- own data (accepted)
-
-
-@pytest.mark.parametrize("env", ["my-sim", "vmas/navigation", "lab sim #3"])
-def test_unknown_env_family_trains_and_says_why_evaluation_is_skipped(lab, env):
-    ds = data(lab.tmp / "own.h5", env=env)
-    rc, _, err = run_cli(lab.fill(T("--dataset", str(ds), "--eval-episodes", "2")))
-    assert rc == 0, err
-    family = env.partition("/")[0]
-    summary = json.loads((lab.out / "summary.json").read_text())
-    assert summary["eval_return_mean"] is None
-    assert "evaluation skipped" in summary["eval_skipped"] and family in summary["eval_skipped"]
-    assert "evaluation skipped" in err.splitlines()[0]  # said at the start too
-
-
-def test_per_agent_bounds_train_and_act_inside_them(lab):
-    low = np.array([[-1.0, -2.0], [0.0, 10.0]], np.float32)
-    high = np.array([[1.0, 2.0], [0.5, 20.0]], np.float32)
-    ds = data(lab.tmp / "pa.h5", action_low=low, action_high=high)
-    assert tuple(load_dataset(ds).action_low.shape) == (2, 2)
-    assert run_cli(lab.fill(T("--dataset", str(ds))))[0] == 0
-    act = load_policy(lab.out / "policy.pt").act(torch.randn(256, 2, 4)).numpy()
-    assert (act >= low - 1e-6).all() and (act <= high + 1e-6).all()
-    assert act[:, 1, 1].min() >= 10.0  # agent 1's own bounds, not agent 0's
 
 
 # ---------------------------------------------------------------------------- API cases
