@@ -110,6 +110,14 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", "vgm2p-w6000", "VGM²P, defaults, critic warm-up 6000",
      ["--lr", "1e-3", "--value-warmup", "6000"]),
 ]
+# the refresh schedule (issue 12's list; the defaults re-derive every row's token every 500
+# iterations while the critic keeps learning): tokens held 6x as long, or refreshed 5x as often
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-refresh3000", "VGM²P, defaults, advantage "
+     "refresh every 3000 iterations (not 500)", [*NEW, "--refresh-every", "3000"]),
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-refresh100", "VGM²P, defaults, advantage "
+     "refresh every 100 iterations (not 500)", [*NEW, "--refresh-every", "100"]),
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
