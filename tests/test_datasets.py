@@ -1,74 +1,36 @@
 """Dataset layer: every rule of the HDF5 format refused with a one-line error, the writer
-refusing the same, lossless round trips, the defaults, sampling, and ``vgm2p data``."""
+refusing the same, lossless round trips, any env name and per-agent bounds. The container and
+``vgm2p data`` are in ``test_dataset_container.py``; the files both break in ``dataset_lab.py``."""
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from dataset_lab import (
+    ACT,
+    OBS,
+    STATE,
+    K,
+    N,
+    T,
+    broken_copy,
+    make_arrays,
+    rewrite,
+    set_at,
+    write_valid,
+)
 
 from vgm2p_fast import _format, cli, datasets, envs
 from vgm2p_fast.datasets import DatasetError, load_dataset, write_dataset
 
-T, N, OBS, ACT, K, STATE = 40, 3, 5, 2, 4, 7
-# Episode ends: a terminal at row 9, a truncation at row 24, a terminal on the last row.
-ENDS = {"terminals": (9, T - 1), "truncations": (24,)}
-
-
-def _arrays(discrete: bool, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    flags = {k: np.isin(np.arange(T), rows) for k, rows in ENDS.items()}
-    out = dict(
-        observations=rng.normal(size=(T, N, OBS)).astype(np.float32),
-        rewards=rng.normal(size=T).astype(np.float32),
-        states=rng.normal(size=(T, STATE)).astype(np.float32),
-        **flags,
-    )
-    if discrete:
-        avail = rng.random((T, N, K)) < 0.6
-        actions = rng.integers(0, K, size=(T, N))
-        avail[np.arange(T)[:, None], np.arange(N)[None, :], actions] = True
-        out.update(actions=actions, avail_actions=avail, env="smax/3m")
-    else:
-        out.update(actions=rng.uniform(-1, 1, (T, N, ACT)).astype(np.float32),
-                   env="mamujoco/Hopper-3x1", action_low=np.array([-2.0, -1.0]),
-                   action_high=np.array([2.0, 0.5]))
-    return out
-
 
 @pytest.fixture(scope="module")
 def valid_files(tmp_path_factory) -> dict[str, Path]:
-    """A valid small continuous and a valid small discrete dataset (written by write_dataset)."""
-    root = tmp_path_factory.mktemp("valid")
-    paths = {}
-    for kind in ("continuous", "discrete"):
-        paths[kind] = root / f"{kind}.h5"
-        write_dataset(paths[kind], **_arrays(kind == "discrete"))
-    return paths
-
-
-def _variant(valid_files, tmp_path, kind: str, edit) -> Path:
-    """A copy of the valid ``kind`` file with ``edit(h5py.File)`` applied: one broken rule."""
-    path = tmp_path / f"broken-{kind}.h5"
-    shutil.copy(valid_files[kind], path)
-    with h5py.File(path, "r+") as f:
-        edit(f)
-    return path
-
-
-def _replace(name, fn):
-    """Edit that rewrites dataset ``name`` as ``fn(old values)``."""
-    def edit(f):
-        data = fn(f[name][()])
-        del f[name]
-        f.create_dataset(name, data=data)
-    return edit
+    return write_valid(tmp_path_factory.mktemp("valid"))
 
 
 def _set_attr(name, value):
@@ -98,10 +60,6 @@ def _set_at_attr(name, index, value):
     return edit
 
 
-def _set_at(name, index, value):
-    return _replace(name, lambda a: (a.__setitem__(index, value), a)[1])
-
-
 # (id, kind, edit, key named in the message, a phrase of the message)
 BROKEN = [
     *[(f"missing-{k}", "continuous", _del(k), k, "no such dataset") for k in _format._REQUIRED],
@@ -109,31 +67,31 @@ BROKEN = [
       for a in ("format_version", "env", "n_agents", "action_space", "action_low", "action_high")],
     ("missing-attr-n_actions", "discrete", _del_attr("n_actions"), "attribute n_actions",
      "found none"),
-    ("dtype-observations-f64", "continuous", _replace("observations", lambda a: a.astype("f8")),
+    ("dtype-observations-f64", "continuous", rewrite("observations", lambda a: a.astype("f8")),
      "observations", "expected dtype float32, found dtype float64"),
-    ("dtype-actions-f16", "continuous", _replace("actions", lambda a: a.astype("f2")),
+    ("dtype-actions-f16", "continuous", rewrite("actions", lambda a: a.astype("f2")),
      "actions", "expected dtype float32"),
-    ("dtype-actions-int32", "discrete", _replace("actions", lambda a: a.astype("i4")),
+    ("dtype-actions-int32", "discrete", rewrite("actions", lambda a: a.astype("i4")),
      "actions", "expected dtype int64, found dtype int32"),
-    ("dtype-rewards-f64", "continuous", _replace("rewards", lambda a: a.astype("f8")),
+    ("dtype-rewards-f64", "continuous", rewrite("rewards", lambda a: a.astype("f8")),
      "rewards", "dtype float32"),
-    ("dtype-terminals-uint8", "continuous", _replace("terminals", lambda a: a.astype("u1")),
+    ("dtype-terminals-uint8", "continuous", rewrite("terminals", lambda a: a.astype("u1")),
      "terminals", "expected dtype bool, found dtype uint8"),
-    ("dtype-avail-int", "discrete", _replace("avail_actions", lambda a: a.astype("i1")),
+    ("dtype-avail-int", "discrete", rewrite("avail_actions", lambda a: a.astype("i1")),
      "avail_actions", "expected dtype bool"),
-    ("rank-observations", "continuous", _replace("observations", lambda a: a.reshape(T, -1)),
+    ("rank-observations", "continuous", rewrite("observations", lambda a: a.reshape(T, -1)),
      "observations", "expected rank 3"),
-    ("rank-rewards", "continuous", _replace("rewards", lambda a: a[:, None]), "rewards",
+    ("rank-rewards", "continuous", rewrite("rewards", lambda a: a[:, None]), "rewards",
      "expected rank 1"),
-    ("rank-discrete-actions", "discrete", _replace("actions", lambda a: a[..., None]),
+    ("rank-discrete-actions", "discrete", rewrite("actions", lambda a: a[..., None]),
      "actions", "expected rank 2"),
-    ("agents-observations", "continuous", _replace("observations", lambda a: a[:, :2]),
+    ("agents-observations", "continuous", rewrite("observations", lambda a: a[:, :2]),
      "observations", "(attribute n_agents)"),
     ("agents-attribute", "discrete", _set_attr("n_agents", N + 1), "observations",
      f"= ({T}, {N + 1}, *) (attribute n_agents), found shape ({T}, {N}, {OBS})"),
-    ("agents-actions", "continuous", _replace("actions", lambda a: a[:, :1]), "actions",
+    ("agents-actions", "continuous", rewrite("actions", lambda a: a[:, :1]), "actions",
      "(attribute n_agents)"),
-    ("act-dim-vs-bounds", "continuous", _replace("actions", lambda a: a[..., :1]), "actions",
+    ("act-dim-vs-bounds", "continuous", rewrite("actions", lambda a: a[..., :1]), "actions",
      "(last dim of action_low)"),
     ("act-dim-vs-per-agent-bounds", "continuous",
      lambda f: [_set_attr(k, np.full((N, ACT + 1), v))(f)
@@ -141,36 +99,36 @@ BROKEN = [
      "actions", f"= ({T}, {N}, {ACT + 1}) (last dim of action_low)"),
     ("n-actions-vs-avail", "discrete", _set_attr("n_actions", K + 1), "avail_actions",
      "(attribute n_actions)"),
-    ("rows-rewards", "continuous", _replace("rewards", lambda a: a[:-1]), "rewards",
+    ("rows-rewards", "continuous", rewrite("rewards", lambda a: a[:-1]), "rewards",
      "rows of observations"),
-    ("rows-truncations", "discrete", _replace("truncations", lambda a: a[:5]), "truncations",
+    ("rows-truncations", "discrete", rewrite("truncations", lambda a: a[:5]), "truncations",
      "rows of observations"),
     ("state-dim-next-states", "continuous",
      lambda f: f.create_dataset("next_states", data=np.zeros((T, STATE + 1), "f4")),
      "next_states", f"= ({T}, {STATE})"),
-    ("nan-observations", "continuous", _set_at("observations", (3, 1, 2), np.nan),
+    ("nan-observations", "continuous", set_at("observations", (3, 1, 2), np.nan),
      "observations", "1 NaN/inf values (first at row 3, agent 1"),
-    ("inf-rewards", "discrete", _set_at("rewards", 7, np.inf), "rewards",
+    ("inf-rewards", "discrete", set_at("rewards", 7, np.inf), "rewards",
      "(first at row 7: inf)"),
-    ("nan-actions", "continuous", _set_at("actions", (0, 0, 0), np.nan), "actions",
+    ("nan-actions", "continuous", set_at("actions", (0, 0, 0), np.nan), "actions",
      "finite values"),
-    ("nan-states", "discrete", _set_at("states", (T - 1, 0), -np.inf), "states",
+    ("nan-states", "discrete", set_at("states", (T - 1, 0), -np.inf), "states",
      "finite values"),
     ("empty-rows", "continuous",
-     lambda f: [_replace(k, lambda a: a[:0])(f) for k in ("observations", "actions", "rewards",
+     lambda f: [rewrite(k, lambda a: a[:0])(f) for k in ("observations", "actions", "rewards",
                                                           "terminals", "truncations", "states")],
      "observations", "at least one row"),
-    ("last-episode-open", "continuous", _set_at("terminals", T - 1, False),
+    ("last-episode-open", "continuous", set_at("terminals", T - 1, False),
      "terminals/truncations", f"the last row ({T - 1}) to end an episode"),
-    ("continuous-above-1", "continuous", _set_at("actions", (5, 2, 1), 1.5), "actions",
+    ("continuous-above-1", "continuous", set_at("actions", (5, 2, 1), 1.5), "actions",
      "values in [-1, 1]"),
-    ("continuous-below-1", "continuous", _set_at("actions", (6, 0, 0), -1.0001), "actions",
+    ("continuous-below-1", "continuous", set_at("actions", (6, 0, 0), -1.0001), "actions",
      "1 outside (first at row 6, agent 0, dim 0"),
-    ("discrete-too-large", "discrete", _set_at("actions", (4, 1), K), "actions",
+    ("discrete-too-large", "discrete", set_at("actions", (4, 1), K), "actions",
      f"integers in [0, n_actions = {K}), found 1 outside (first at row 4, agent 1: {K})"),
-    ("discrete-negative", "discrete", _set_at("actions", (2, 0), -1), "actions", "outside"),
+    ("discrete-negative", "discrete", set_at("actions", (2, 0), -1), "actions", "outside"),
     ("discrete-unavailable", "discrete",
-     lambda f: _set_at("avail_actions", (11, 2, int(f["actions"][11, 2])), False)(f),
+     lambda f: set_at("avail_actions", (11, 2, int(f["actions"][11, 2])), False)(f),
      "avail_actions", "1 taken actions marked unavailable (first at row 11, agent 2"),
     # Any env string trains; one of a registered family must follow its syntax (a typo).
     ("env-malformed", "continuous", _set_attr("env", "mamujoco/HalfCheetah"), "attribute env",
@@ -220,7 +178,7 @@ BROKEN = [
 @pytest.mark.parametrize(("kind", "edit", "key", "phrase"),
                          [pytest.param(*case[1:], id=case[0]) for case in BROKEN])
 def test_loader_refuses_each_broken_rule(valid_files, tmp_path, kind, edit, key, phrase):
-    path = _variant(valid_files, tmp_path, kind, edit)
+    path = broken_copy(valid_files, tmp_path, kind, edit)
     with pytest.raises(DatasetError) as info:
         load_dataset(path)
     msg = str(info.value)
@@ -278,7 +236,7 @@ WRITER_BROKEN = [
 
 @pytest.mark.parametrize(("edit", "key"), [pytest.param(*c[1:], id=c[0]) for c in WRITER_BROKEN])
 def test_writer_refuses_what_the_loader_refuses(tmp_path, edit, key):
-    arrays = _arrays(discrete=False)
+    arrays = make_arrays(discrete=False)
     edit(arrays)
     path = tmp_path / "out.h5"
     with pytest.raises(DatasetError) as info:
@@ -288,7 +246,7 @@ def test_writer_refuses_what_the_loader_refuses(tmp_path, edit, key):
 
 
 def test_writer_refuses_discrete_unavailable(tmp_path):
-    arrays = _arrays(discrete=True)
+    arrays = make_arrays(discrete=True)
     a = arrays["actions"][3, 0]
     arrays["avail_actions"][3, 0, a] = False
     with pytest.raises(DatasetError, match="avail_actions: expected every action taken"):
@@ -297,14 +255,14 @@ def test_writer_refuses_discrete_unavailable(tmp_path):
 
 def test_writer_replaces_atomically(tmp_path):
     path = tmp_path / "d.h5"
-    write_dataset(path, **_arrays(discrete=False, seed=1))
+    write_dataset(path, **make_arrays(discrete=False, seed=1))
     first = load_dataset(path).rewards.clone()
-    bad = _arrays(discrete=False, seed=2)
+    bad = make_arrays(discrete=False, seed=2)
     bad["rewards"][0] = np.nan
     with pytest.raises(DatasetError):
         write_dataset(path, **bad)
     torch.testing.assert_close(load_dataset(path).rewards, first)  # old file intact
-    write_dataset(path, **_arrays(discrete=False, seed=2), compression=None)
+    write_dataset(path, **make_arrays(discrete=False, seed=2), compression=None)
     assert not torch.equal(load_dataset(path).rewards, first)
     assert [p.name for p in tmp_path.iterdir()] == ["d.h5"]
 
@@ -312,7 +270,7 @@ def test_writer_replaces_atomically(tmp_path):
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 @pytest.mark.parametrize("compression", ["gzip", "lzf", None])
 def test_round_trip_is_exact(tmp_path, kind, compression):
-    arrays = _arrays(kind == "discrete", seed=3)
+    arrays = make_arrays(kind == "discrete", seed=3)
     path = tmp_path / "d.h5"
     write_dataset(path, **arrays, compression=compression, behaviour_policy="mappo-medium")
     ds = load_dataset(path)
@@ -332,7 +290,7 @@ def test_round_trip_is_exact(tmp_path, kind, compression):
 
 
 def test_writer_converts_torch_and_loose_dtypes(tmp_path):
-    a = _arrays(discrete=True, seed=4)
+    a = make_arrays(discrete=True, seed=4)
     path = tmp_path / "d.h5"
     write_dataset(path, observations=torch.from_numpy(a["observations"]).double(),
                   actions=torch.from_numpy(a["actions"]).int(), rewards=a["rewards"].tolist(),
@@ -347,7 +305,7 @@ def test_writer_converts_torch_and_loose_dtypes(tmp_path):
 
 
 def test_writer_default_bounds_and_bad_arguments(tmp_path):
-    a = _arrays(discrete=False)
+    a = make_arrays(discrete=False)
     del a["action_low"], a["action_high"]
     write_dataset(tmp_path / "d.h5", **a)
     ds = load_dataset(tmp_path / "d.h5")
@@ -367,7 +325,7 @@ def test_writer_default_bounds_and_bad_arguments(tmp_path):
 def test_any_env_name_loads_and_reports_evaluation_skipped(tmp_path, env, kind):
     """Own data: an env no family is registered for trains; evaluation says why it is skipped."""
     path = tmp_path / "own.h5"
-    write_dataset(path, **{**_arrays(kind == "discrete", seed=9), "env": env})
+    write_dataset(path, **{**make_arrays(kind == "discrete", seed=9), "env": env})
     ds = load_dataset(path)
     assert ds.env == env and ds.discrete == (kind == "discrete") and ds.n_transitions == T
     status = envs.evaluation_status(ds.env)
@@ -392,7 +350,7 @@ def test_evaluation_status_of_the_builtin_families(monkeypatch):
 
 
 def test_per_agent_bounds_round_trip(tmp_path, capsys):
-    a = _arrays(discrete=False, seed=10)
+    a = make_arrays(discrete=False, seed=10)
     low = np.array([[-2.0, -1.0], [-0.4, 0.0], [-3.0, -3.0]])      # [N, act_dim]
     high = np.array([[2.0, 0.5], [0.4, 1.0], [3.0, 1e3]])
     write_dataset(tmp_path / "d.h5", **{**a, "action_low": low, "action_high": high})
@@ -415,7 +373,7 @@ def test_per_agent_bounds_round_trip(tmp_path, capsys):
 
 
 def test_writer_refuses_bad_per_agent_bounds(tmp_path):
-    a = _arrays(discrete=False)
+    a = make_arrays(discrete=False)
     with pytest.raises(DatasetError) as info:
         write_dataset(tmp_path / "d.h5", **{**a, "action_low": -np.ones((N - 1, ACT)),
                                             "action_high": np.ones((N - 1, ACT))})
@@ -426,174 +384,3 @@ def test_writer_refuses_bad_per_agent_bounds(tmp_path):
         write_dataset(tmp_path / "d.h5", **{**a, "action_low": np.zeros((N, ACT)),
                                             "action_high": np.zeros((N, ACT))})
     assert list(tmp_path.iterdir()) == []
-
-
-# --------------------------------------------------------------------------- the container
-def _episode_reference(dones: np.ndarray, rewards: np.ndarray):
-    """Per-row Python loop: the obvious implementation, as the oracle."""
-    starts, ids, returns, ep, acc = [0], [], [], 0, 0.0
-    for i, (d, r) in enumerate(zip(dones, rewards)):
-        ids.append(ep)
-        acc += float(r)
-        if d:
-            returns.append(acc)
-            acc, ep = 0.0, ep + 1
-            if i + 1 < len(dones):
-                starts.append(i + 1)
-    return starts, ids, returns
-
-
-def test_episode_structure_matches_a_loop(valid_files):
-    ds = load_dataset(valid_files["discrete"])
-    dones = (ds.terminals | ds.truncations).numpy()
-    starts, ids, returns = _episode_reference(dones, ds.rewards.numpy())
-    assert ds.n_episodes == 3 == len(returns)
-    assert ds.episode_starts.tolist() == starts == [0, 10, 25]
-    assert ds.episode_ids.tolist() == ids
-    assert ds.episode_lengths().tolist() == [10, 15, 15]
-    np.testing.assert_allclose(ds.episode_returns().numpy(), returns, rtol=1e-12)
-    assert torch.equal(ds.dones, torch.from_numpy(dones))
-    s = ds.summary()
-    assert (s["transitions"], s["episodes"], s["agents"]) == (T, 3, N)
-    assert (s["obs_dim"], s["state_dim"], s["action_dim"]) == (OBS, STATE, K)
-    assert s["return_mean"] == pytest.approx(np.mean(returns))
-    assert s["return_std"] == pytest.approx(np.std(returns))
-    assert (s["return_min"], s["return_max"]) == pytest.approx((min(returns), max(returns)))
-    json.dumps(s)  # serialisable
-
-
-def test_default_states_and_next_states(tmp_path):
-    a = _arrays(discrete=False, seed=5)
-    del a["states"]
-    write_dataset(tmp_path / "d.h5", **a)
-    ds = load_dataset(tmp_path / "d.h5")
-    flat = a["observations"].reshape(T, N * OBS)
-    np.testing.assert_array_equal(ds.states.numpy(), flat)
-    assert ds.states.data_ptr() == ds.observations.data_ptr()  # a view, not a copy
-    # next row inside an episode; the row's own state on an episode's last row (9, 24, T-1)
-    for t in range(T):
-        want = flat[t] if t in (9, 24, T - 1) else flat[t + 1]
-        np.testing.assert_array_equal(ds.next_states[t].numpy(), want, err_msg=f"row {t}")
-
-
-def test_next_states_from_next_observations_and_stored(tmp_path):
-    a = _arrays(discrete=False, seed=6)
-    del a["states"]
-    nxt = np.random.default_rng(7).normal(size=(T, N, OBS)).astype(np.float32)
-    write_dataset(tmp_path / "a.h5", **a, next_observations=nxt)
-    ds = load_dataset(tmp_path / "a.h5")
-    np.testing.assert_array_equal(ds.next_states.numpy(), nxt.reshape(T, -1))  # exact, also at ends
-    np.testing.assert_array_equal(ds.next_observations.numpy(), nxt)
-    b = _arrays(discrete=True, seed=6)
-    stored = np.random.default_rng(8).normal(size=(T, STATE)).astype(np.float32)
-    write_dataset(tmp_path / "b.h5", **b, next_states=stored)
-    np.testing.assert_array_equal(load_dataset(tmp_path / "b.h5").next_states.numpy(), stored)
-
-
-def test_sampling_and_batch(valid_files):
-    ds = load_dataset(valid_files["discrete"])
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    idx = ds.sample_indices(4096, generator=g1)
-    assert idx.dtype == torch.int64 and idx.shape == (4096,)
-    assert torch.equal(idx, ds.sample_indices(4096, generator=g2))  # reproducible
-    assert int(idx.min()) >= 0 and int(idx.max()) < T
-    assert len(torch.unique(idx)) == T  # 4096 uniform draws over 40 rows miss none (p < 1e-40)
-    b = ds.batch(idx[:9])
-    assert set(b) == {"observations", "actions", "rewards", "terminals", "truncations", "dones",
-                      "states", "next_states", "avail_actions"}
-    for name, x in b.items():
-        full = ds.dones if name == "dones" else getattr(ds, name)
-        assert torch.equal(x, full[idx[:9]]), name
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="batch_size: expected a positive int"):
-            ds.sample_indices(bad)
-    with pytest.raises(ValueError, match="idx: expected an int64/int32 tensor"):
-        ds.batch(torch.tensor([0.0, 1.0]))
-    cont = load_dataset(valid_files["continuous"])
-    assert "avail_actions" not in cont.batch(torch.tensor([0, T - 1]))
-
-
-def test_to_and_pinning(valid_files):
-    ds = load_dataset(valid_files["continuous"])
-    same = ds.to("cpu")
-    assert same is not ds and torch.equal(same.observations, ds.observations)
-    with pytest.raises(ValueError, match="pin_memory: expected a cpu device"):
-        ds.to("meta", pin_memory=True)
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="pin_memory: expected a machine with CUDA"):
-            ds.to("cpu", pin_memory=True)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_resident_and_pinned(valid_files):
-    ds = load_dataset(valid_files["discrete"])
-    gpu = ds.to("cuda")
-    assert all(getattr(gpu, f).is_cuda for f in ("observations", "actions", "avail_actions",
-                                                  "states", "next_states"))
-    g = torch.Generator(device="cuda").manual_seed(0)
-    idx = gpu.sample_indices(64, generator=g)
-    assert idx.is_cuda
-    b = gpu.batch(idx)
-    assert torch.equal(b["actions"].cpu(), ds.actions[idx.cpu()])
-    with pytest.raises(ValueError, match="generator: expected a generator on cuda"):
-        gpu.sample_indices(8, generator=torch.Generator())
-    pinned = ds.to("cpu", pin_memory=True)
-    assert pinned.pinned and pinned.observations.is_pinned()
-    pb = pinned.batch(torch.tensor([0, 5, T - 1]))
-    assert all(x.is_pinned() for x in pb.values() if x is not pb["dones"])
-    assert torch.equal(pb["observations"].to("cuda", non_blocking=True).cpu(),
-                       ds.observations[[0, 5, T - 1]])
-
-
-# ------------------------------------------------------------------------- names and the CLI
-def test_names_bundled_then_cache(valid_files, tmp_path, monkeypatch):
-    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
-    shutil.copy(valid_files["discrete"], tmp_path / "my-smax.h5")
-    assert "my-smax" in datasets.list_datasets()
-    assert load_dataset("my-smax").source == str(tmp_path / "my-smax.h5")
-    assert load_dataset("my-smax.h5").env == "smax/3m"
-
-
-def test_bundled_default_loads():
-    path = datasets._BUNDLED_DIR / f"{datasets.BUNDLED_DEFAULT}.h5"
-    if not path.is_file():
-        pytest.skip(f"the bundled dataset {path} is not generated yet")
-    ds = load_dataset(datasets.BUNDLED_DEFAULT)
-    assert ds.env == "mamujoco/HalfCheetah-2x3" and not ds.discrete and ds.n_agents == 2
-    assert datasets.BUNDLED_DEFAULT in datasets.list_datasets()
-
-
-def test_cli_data_info(valid_files, capsys):
-    assert cli.main(["data", "info", str(valid_files["continuous"])]) == 0
-    out = capsys.readouterr().out
-    assert "mamujoco/Hopper-3x1" in out and f"transitions   {T}" in out
-    assert "episodes      3 (" in out and "return        mean " in out
-    assert cli.main(["data", "info", "--json", str(valid_files["discrete"])]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["episodes"] == 3 and summary["action_space"] == "discrete"
-    assert summary == load_dataset(valid_files["discrete"]).summary()
-
-
-def test_cli_refuses_a_broken_file_in_one_line(valid_files, tmp_path, capsys):
-    path = _variant(valid_files, tmp_path, "continuous", _set_at("actions", (1, 1, 1), 7.0))
-    assert cli.main(["data", "info", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"vgm2p: error: {path}: actions: expected values in [-1, 1]")
-
-
-def test_cli_data_list(valid_files, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
-    shutil.copy(valid_files["continuous"], tmp_path / "hopper-mine.h5")
-    assert cli.main(["data", "list"]) == 0
-    assert "hopper-mine" in capsys.readouterr().out.split()
-
-
-def test_cli_convert_without_tensorstore(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tensorstore", None)  # what a missing package looks like
-    argv = ["data", "convert", str(tmp_path), str(tmp_path / "o.h5"), "--env", "smax/3m"]
-    (tmp_path / "metadata.json").write_text("{}")
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip install 'vgm2p_fast[ogmarl]'" in err
