@@ -10,6 +10,7 @@ kernels pin it (triton 3.9 warns that its default changes in 3.10).
 """
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,3 +44,12 @@ def opcheck_utils() -> tuple[str, ...]:
     ``InterpretedFunction``: it runs only where the kernels are real (CUDA)."""
     base = ("test_schema", "test_autograd_registration", "test_faketensor")
     return (*base, "test_aot_dispatch_dynamic") if torch.cuda.is_available() else base
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory) -> dict[str, Path]:
+    """A valid small continuous and a valid small discrete dataset, per test module
+    (``dataset_lab.write_valid``)."""
+    from dataset_lab import write_valid
+
+    return write_valid(tmp_path_factory.mktemp("valid"))

@@ -6,30 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from dataset_lab import (
-    OBS,
-    STATE,
-    K,
-    N,
-    T,
-    broken_copy,
-    make_arrays,
-    set_at,
-    write_valid,
-)
+from dataset_lab import OBS, STATE, K, N, T, broken_copy, make_arrays, set_at
 
 from vgm2p_fast import cli, datasets
 from vgm2p_fast.datasets import load_dataset, write_dataset
-
-
-@pytest.fixture(scope="module")
-def valid_files(tmp_path_factory) -> dict[str, Path]:
-    return write_valid(tmp_path_factory.mktemp("valid"))
 
 
 # --------------------------------------------------------------------------- the container

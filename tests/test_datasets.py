@@ -5,32 +5,14 @@ refusing the same, lossless round trips, any env name and per-agent bounds. The 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from dataset_lab import (
-    ACT,
-    OBS,
-    STATE,
-    K,
-    N,
-    T,
-    broken_copy,
-    make_arrays,
-    rewrite,
-    set_at,
-    write_valid,
-)
+from dataset_lab import ACT, OBS, STATE, K, N, T, broken_copy, make_arrays, rewrite, set_at
 
 from vgm2p_fast import _format, cli, datasets, envs
 from vgm2p_fast.datasets import DatasetError, load_dataset, write_dataset
-
-
-@pytest.fixture(scope="module")
-def valid_files(tmp_path_factory) -> dict[str, Path]:
-    return write_valid(tmp_path_factory.mktemp("valid"))
 
 
 def _set_attr(name, value):
