@@ -157,6 +157,26 @@ def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
     assert (tmp_path / "ABLATIONS.md").read_text() == (folder / "ABLATIONS.md").read_text()
 
 
+def test_docs_ablation_table_quotes_ablations_md() -> None:
+    """Every VGM²P / MLP-BC figure of docs/results.md's hopper-3x1-medium ablation table, and
+    the README's figure for the defaults, is a mean ± 2σ of ABLATIONS.md's hopper section (a
+    bare figure: a one-seed row's mean)."""
+    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
+    head, rows = _table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
+    col = head.index("normalised (mean ± 2σ, sd)")
+    quoted = {r[col].split(" (sd")[0] for r in rows}
+    one_seed = {r[col].split(" ± ")[0] for r in rows if r[head.index("seeds")] == "1"}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    d_head, d_rows = _table(docs, "change (hopper-3x1-medium)")
+    assert d_head == ["change (hopper-3x1-medium)", "VGM²P normalised"] and len(d_rows) > 10
+    for label, cell in d_rows:
+        for figure in cell.split(" / "):
+            assert figure in (quoted if "±" in figure else one_seed), (label, figure)
+    defaults = next(c for label, c in d_rows if "the new defaults" in label)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"critic warm-up instead of 500 (tokens from a fitted critic) to {defaults};" in readme
+
+
 def test_ablations_table_keeps_rows_of_runs_it_does_not_have(tmp_path: Path) -> None:
     """--table merges the finished runs under --runs into the csv: a row whose run folder is
     elsewhere stays as it was, a run's row replaces its old one, and ABLATIONS.md shows both."""
