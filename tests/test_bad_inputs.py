@@ -1,5 +1,6 @@
-"""Bad inputs, table by table (issue 13, item 7): own data, checkpoints and policy files, CLI
-options and config files, refused before anything is written; API arguments; the CLI's help.
+"""Bad inputs, table by table (issue 13, item 7): own data, run folders, resume and checkpoints,
+policy files, CLI options and config files, numbers, each refused before anything is written;
+API arguments; the CLI's help.
 
 A CLI case runs ``vgm2p_fast.cli.main`` in-process and must exit 2 with exactly one stderr
 line ``vgm2p: error: ...`` that names the field or file, no traceback, and no file or folder
