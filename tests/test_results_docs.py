@@ -200,15 +200,15 @@ def test_docs_and_readme_guidance_sweep_is_the_committed_table() -> None:
     # the SMAX points on 100 episodes (reevaluate.csv), in the docs and the README
     with open(RESULTS / "reevaluate.csv", newline="") as f:
         evals = list(csv.DictReader(f))
-    scales = ("vgm2p-g1.5", "vgm2p-g3", "vgm2p-g4")
+    scale_of = {"vgm2p-g1.5": 1.5, "vgm2p": 2.0, "vgm2p-g3": 3.0, "vgm2p-g4": 4.0}
     for dataset in ("smax-3m-medium", "smax-2s3z-medium"):
-        mean = {m: stats([float(r["normalised"]) for r in evals
-                          if r["dataset"] == dataset and r["method"] == m])[0]
-                for m in ("vgm2p", *scales)}
-        pts = [mean[m] for m in scales]
-        rel = " / ".join(f"{100 * (v / mean['vgm2p'] - 1):+.0f}" for v in pts)
-        assert (f"{dataset}: {' / '.join(f'{v:.1f}' for v in pts)} against the default's "
-                f"{mean['vgm2p']:.1f}, {rel} %") in flat, dataset
+        pts = {w: [float(r["normalised"]) for r in evals
+                   if r["dataset"] == dataset and r["method"] == m] for m, w in scale_of.items()}
+        change = sweep_change(pts)          # the same change as the 10-episode table's
+        means = " / ".join(f"{stats(pts[w])[0]:.1f}" for w in change)
+        rel = " / ".join(f"{c:+.0f}" for c in change.values())
+        assert (f"{dataset}: {means} against the default's {stats(pts[2.0])[0]:.1f}, "
+                f"{rel} %") in flat, dataset
         assert f"{dataset} {rel} %" in " ".join(readme.split()), dataset
 
 
