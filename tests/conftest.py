@@ -53,3 +53,11 @@ def valid_files(tmp_path_factory) -> dict[str, Path]:
     from dataset_lab import write_valid
 
     return write_valid(tmp_path_factory.mktemp("valid"))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """``bad_input_lab.Lab`` of the test's folder: its dataset, a finished run, a fresh --out."""
+    from bad_input_lab import Lab
+
+    return Lab(tmp_path)

@@ -33,11 +33,6 @@ from vgm2p_fast.train import TrainConfig, config_from, train
 from vgm2p_fast.train.config import METHODS
 
 
-@pytest.fixture
-def lab(tmp_path) -> Lab:
-    return Lab(tmp_path)
-
-
 def patch_h5(name: str, edit: Callable[[h5py.File], None], **kw) -> Callable[[Lab], None]:
     """Setup: write ``<tmp>/<name>`` and edit it with h5py (what ``write_dataset`` refuses)."""
     def setup(lab: Lab) -> None:

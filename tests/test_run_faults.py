@@ -27,12 +27,6 @@ from vgm2p_fast.policy import MeanFlowPolicy, load_policy
 from vgm2p_fast.train import RESUMABLE
 from vgm2p_fast.train.runs import RunLock, checkpoints
 
-
-@pytest.fixture
-def lab(tmp_path) -> Lab:
-    return Lab(tmp_path)
-
-
 # ------------------------------------------------------------------- run folders
 
 
