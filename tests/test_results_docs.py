@@ -153,6 +153,40 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
                 assert abs(got - table) < 1e-6 * abs(table), (r["dataset"], r["method"], r["seed"])
 
 
+
+def test_docs_budget_paragraph_is_its_csvs() -> None:
+    """docs/results.md's 20,000-step paragraph quotes ablations/steps20k-noise.csv (VGM²P
+    sampled and at e = 0, MLP-BC) as reevaluate.py --render gives it, and that csv's sampled
+    and MLP rows reproduce the runs' final evaluations in ablations/runs.csv."""
+    folder = RESULTS / "ablations"
+    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "steps20k-noise.csv"))
+    assert res.returncode == 0, res.stderr
+    _, rows = md_table(res.stdout, "dataset")
+    cell = {(r[1], r[2]): r[5] for r in rows if r[0] == "hopper-3x1-medium" and r[3] == "3"}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    text = " ".join(docs.split("The budget rows", 1)[1].split("\n\n", 1)[0].split())
+    ends = re.search(r"VGM²P ends at ([\d. /]+) \((.+?)\) and MLP-BC at ([\d. /]+) \((.+?)\)",
+                     text)
+    assert ends, text
+    with open(folder / "steps20k-noise.csv", newline="") as f:
+        seeds = {(r["method"], r["noise"], int(r["seed"])): f"{float(r['normalised']):.1f}"
+                 for r in csv.DictReader(f)}
+    per_seed = {m: " / ".join(seeds[(m, n, s)] for s in range(3))
+                for m, n in (("vgm2p", "auto"), ("mlp-bc", "none"))}
+    assert ends.groups() == (per_seed["vgm2p"], cell[("vgm2p", "auto")], per_seed["mlp-bc"],
+                             cell[("mlp-bc", "none")]), ends.groups()
+    assert f"models return {cell[('vgm2p', 'zero')]} on the same episodes" in text, text
+    with open(folder / "runs.csv", newline="") as f:
+        final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f) if r["variant"].endswith("steps20k")}
+    with open(folder / "steps20k-noise.csv", newline="") as f:
+        checked = [(r["method"], r["seed"], r["return_mean"]) for r in csv.DictReader(f)
+                   if r["noise"] in ("auto", "none")]
+    assert len(checked) == 6 and len(final) == 6, (checked, final)
+    for method, seed, got in checked:
+        want = final[({"vgm2p": "vgm2p", "mlp-bc": "mlp"}[method], seed)]
+        assert abs(float(got) - want) < 1e-6 * want, (method, seed, got, want)
+
 def test_docs_fit_table_is_its_csv() -> None:
     """docs/results.md's action-error table is fit.py --render --at 4000 10000 of the committed
     fit.csv, row for row."""
