@@ -142,6 +142,15 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", "mlp-lr1e3-steps20k", "MLP-BC, lr 1e-3, 20,000 policy steps "
      "(not 10,000)", ["--method", "mlp-bc", *NEW, "--steps", "20000"]),
 ]
+# the width (issue 12's list; never ablated before): a policy twice as wide, 3 x 512, for
+# VGM²P and the MLP cloner alike (the baselines share the widths); ~4x the policy's FLOPs
+WIDE = ["--hidden-dims", "512", "512", "512"]
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", "vgm2p-w3000-h512", "VGM²P, defaults, policy 3 x 512 "
+     "(not 3 x 256)", [*NEW, *WIDE]),
+    ("hm", "hopper-3x1-medium", "mlp-lr1e3-h512", "MLP-BC, lr 1e-3, policy 3 x 512 "
+     "(not 3 x 256)", ["--method", "mlp-bc", *NEW, *WIDE]),
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
