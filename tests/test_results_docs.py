@@ -154,38 +154,58 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
 
 
 
-def test_docs_budget_paragraph_is_its_csvs() -> None:
-    """docs/results.md's 20,000-step paragraph quotes ablations/steps20k-noise.csv (VGM²P
-    sampled and at e = 0, MLP-BC) as reevaluate.py --render gives it, and that csv's sampled
-    and MLP rows reproduce the runs' final evaluations in ablations/runs.csv."""
+def _paragraph(opening: str) -> str:
+    """The docs/results.md paragraph that starts with ``opening``, on one line."""
+    docs = (ROOT / "docs" / "results.md").read_text()
+    return " ".join(docs.split(f"\n{opening}", 1)[1].split("\n\n", 1)[0].split())
+
+
+@pytest.mark.parametrize("opening, variant", [("The budget rows", "steps20k"),
+                                              ("The width rows", "h512")])
+def test_docs_budget_and_width_paragraphs_quote_their_runs(opening: str, variant: str) -> None:
+    """docs/results.md's paragraphs on the 20,000-step and the 3 x 512 ablations quote every
+    seed's final evaluation of VGM²P and MLP-BC (ablations/runs.csv) and their mean ± 2σ
+    (ABLATIONS.md)."""
+    folder = RESULTS / "ablations"
+    with open(folder / "runs.csv", newline="") as f:
+        runs = [r for r in csv.DictReader(f) if r["variant"].endswith(f"-{variant}")]
+    ablations = (folder / "ABLATIONS.md").read_text()
+    head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
+    mean = {r[0]: r[head.index("normalised (mean ± 2σ, sd)")].split(" (sd")[0] for r in rows}
+    want = []
+    for method in ("vgm2p-", "mlp-"):
+        mine = sorted((int(r["seed"]), r) for r in runs if r["variant"].startswith(method))
+        assert [s for s, _ in mine] == [0, 1, 2], (method, variant)
+        want += [" / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine),
+                 mean[mine[0][1]["label"]]]
+    text = _paragraph(opening)
+    ends = re.search(r"VGM²P ends at ([\d. /]+) \((.+?)\) and MLP-BC at ([\d. /]+) \((.+?)\)",
+                     text)
+    assert ends and list(ends.groups()) == want, (text, want)
+
+
+def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
+    """The 20,000-step paragraph's e = 0 figure is reevaluate.py --render of
+    ablations/steps20k-noise.csv, whose sampled and MLP rows reproduce the runs' final
+    evaluations in ablations/runs.csv."""
     folder = RESULTS / "ablations"
     res = run_script("reevaluate.py", "--render", "--csv", str(folder / "steps20k-noise.csv"))
     assert res.returncode == 0, res.stderr
     _, rows = md_table(res.stdout, "dataset")
-    cell = {(r[1], r[2]): r[5] for r in rows if r[0] == "hopper-3x1-medium" and r[3] == "3"}
-    docs = (ROOT / "docs" / "results.md").read_text()
-    text = " ".join(docs.split("The budget rows", 1)[1].split("\n\n", 1)[0].split())
-    ends = re.search(r"VGM²P ends at ([\d. /]+) \((.+?)\) and MLP-BC at ([\d. /]+) \((.+?)\)",
-                     text)
-    assert ends, text
-    with open(folder / "steps20k-noise.csv", newline="") as f:
-        seeds = {(r["method"], r["noise"], int(r["seed"])): f"{float(r['normalised']):.1f}"
-                 for r in csv.DictReader(f)}
-    per_seed = {m: " / ".join(seeds[(m, n, s)] for s in range(3))
-                for m, n in (("vgm2p", "auto"), ("mlp-bc", "none"))}
-    assert ends.groups() == (per_seed["vgm2p"], cell[("vgm2p", "auto")], per_seed["mlp-bc"],
-                             cell[("mlp-bc", "none")]), ends.groups()
-    assert f"models return {cell[('vgm2p', 'zero')]} on the same episodes" in text, text
+    zero = next(r[5] for r in rows if r[1:4] == ["vgm2p", "zero", "3"])
+    text = _paragraph("The budget rows")
+    assert f"models return {zero} on the same episodes" in text, (text, zero)
     with open(folder / "runs.csv", newline="") as f:
         final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f) if r["variant"].endswith("steps20k")}
+                 for r in csv.DictReader(f) if r["variant"].endswith("-steps20k")}
     with open(folder / "steps20k-noise.csv", newline="") as f:
-        checked = [(r["method"], r["seed"], r["return_mean"]) for r in csv.DictReader(f)
-                   if r["noise"] in ("auto", "none")]
+        checked = [(r["method"], r["seed"], float(r["return_mean"]))
+                   for r in csv.DictReader(f) if r["noise"] in ("auto", "none")]
     assert len(checked) == 6 and len(final) == 6, (checked, final)
     for method, seed, got in checked:
-        want = final[({"vgm2p": "vgm2p", "mlp-bc": "mlp"}[method], seed)]
-        assert abs(float(got) - want) < 1e-6 * want, (method, seed, got, want)
+        table = final[(method.removesuffix("-bc"), seed)]
+        assert abs(got - table) < 1e-6 * table, (method, seed, got, table)
+
 
 def test_docs_fit_table_is_its_csv() -> None:
     """docs/results.md's action-error table is fit.py --render --at 4000 10000 of the committed
