@@ -153,7 +153,6 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
                 assert abs(got - table) < 1e-6 * abs(table), (r["dataset"], r["method"], r["seed"])
 
 
-
 def _paragraph(opening: str) -> str:
     """The docs/results.md paragraph that starts with ``opening``, on one line."""
     docs = (ROOT / "docs" / "results.md").read_text()

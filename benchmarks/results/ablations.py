@@ -1,12 +1,13 @@
 """The ablations that chose the trainer's defaults (issue 12): run them, and render ABLATIONS.md.
 
 Each ablation is one ``vgm2p train`` run per seed on a dataset of this repository, at the
-ablation budget (10,000 policy steps, 10 evaluation episodes, one CPU thread), differing from
-the others by the options in :data:`VARIANTS`. Runs write ``<runs>/<name>-s<seed>/`` (not in
-git); ``--table`` merges their summaries into ``ablations/runs.csv`` (what git keeps; its
-rows of runs that are not under ``--runs`` stay) and renders ``ablations/ABLATIONS.md``: the
-final normalised return per variant, mean ± 2σ (σ = sd / √n) with the seed sd, and the mean
-learning curve. ``--variants`` restricts ``--run`` to some of them.
+ablation budget (10,000 policy steps unless a variant sets ``--steps``, 10 evaluation episodes,
+one CPU thread), differing from the others by the options in :data:`VARIANTS`. Runs write
+``<runs>/<name>-s<seed>/`` (not in git); ``--table`` merges their summaries into
+``ablations/runs.csv`` (what git keeps; its rows of runs that are not under ``--runs`` stay)
+and renders ``ablations/ABLATIONS.md``: the final normalised return per variant, mean ± 2σ (σ =
+sd / √n) with the seed sd, and the mean learning curve. ``--variants`` restricts ``--run`` to
+some of them.
 
     python benchmarks/results/ablations.py --run --jobs 2 --runs /tmp/ablation-runs
     python benchmarks/results/ablations.py --run --variants vgm2p-w3000-tau09 --runs /tmp/a
@@ -143,7 +144,7 @@ VARIANTS += [
      "(not 10,000)", ["--method", "mlp-bc", *NEW, "--steps", "20000"]),
 ]
 # the width (issue 12's list; never ablated before): a policy twice as wide, 3 x 512, for
-# VGM²P and the MLP cloner alike (the baselines share the widths); ~4x the policy's FLOPs
+# VGM²P and the MLP cloner alike (the baselines share the widths); 2-4x each layer's FLOPs
 WIDE = ["--hidden-dims", "512", "512", "512"]
 VARIANTS += [
     ("hm", "hopper-3x1-medium", "vgm2p-w3000-h512", "VGM²P, defaults, policy 3 x 512 "
@@ -200,10 +201,11 @@ def merged(rows: list[dict[str, str]], path: Path) -> list[dict[str, str]]:
 
 def render(rows: list[dict[str, str]]) -> str:
     lines = ["# Ablations behind the trainer's defaults", "",
-             "10,000 policy steps, 10 evaluation episodes on fixed seeds, final evaluation; "
-             "normalised return mean ± 2σ (σ = sd / √n) over the seeds listed, seed sd, raw "
-             "return mean. Produced by `python benchmarks/results/ablations.py` (module "
-             "docstring); one row per run in [runs.csv](runs.csv).", ""]
+             "10,000 policy steps (unless the variant says otherwise), 10 evaluation episodes on "
+             "fixed seeds, final evaluation; normalised return mean ± 2σ (σ = sd / √n) over the "
+             "seeds listed, seed sd, raw return mean. Produced by "
+             "`python benchmarks/results/ablations.py` (module docstring); one row per run in "
+             "[runs.csv](runs.csv).", ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         sel = [r for r in rows if r["dataset"] == ds]
         data = float(sel[0]["dataset_normalised"] or "nan")
