@@ -158,6 +158,7 @@ _CLASSES["cli"] = {
                                     None),
     "eval-guidance-nan": (EVAL("--guidance", "nan"), ["--test-guidance", "nan"], None),
     "kappa-1": (T("--kappa", "1"), ["kappa"], None),
+    "time-max-freq-below-1": (T("--time-max-freq", "0.5"), ["time_max_freq", "0.5"], None),
     "steps-negative": (T("--steps", "-1"), ["steps", "-1"], None),
     "steps-not-a-number": (T("--steps", "ten"), ["--steps", "ten"], None),
     "batch-size-0": (T("--batch-size", "0"), ["batch_size"], None),

@@ -111,7 +111,8 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     cfg = TrainConfig(dataset=str(data), out=str(tmp_path / "run"), steps=30, value_warmup=10,
                       refresh_every=20, hidden_dims=(32,), value_hidden=(32,), batch_size=32,
                       log_every=10, eval_episodes=0, condition=condition, advantage=advantage,
-                      policy_loss=policy_loss, eval_steps=1 if policy_loss == "meanflow" else 4)
+                      policy_loss=policy_loss, eval_steps=1 if policy_loss == "meanflow" else 4,
+                      time_max_freq=5.0)
     summary = train(cfg, progress=False)
     out = tmp_path / "run"
     # BC (condition none) reads no advantages, so it fits no critic: no warm-up iterations
@@ -135,6 +136,7 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     policy = vf.MeanFlowPolicy.load(out / "policy.pt")
     assert policy.metadata["env"] == load_dataset(data).env
     assert policy.metadata["sampler"] == ("meanflow" if policy_loss == "meanflow" else "euler")
+    assert policy.config["max_freq"] == 5.0   # --time-max-freq reaches the saved architecture
     # a BC policy is trained on the null token only and must act with it
     assert policy.n_tokens == {"binary": 2, "quantile": cfg.n_bins, "none": 0}[condition]
     assert (policy.exec_token == policy.null_token) == (condition == "none")

@@ -152,6 +152,12 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", "mlp-lr1e3-h512", "MLP-BC, lr 1e-3, policy 3 x 512 "
      "(not 3 x 256)", ["--method", "mlp-bc", *NEW, *WIDE]),
 ]
+# the time-embedding frequencies (issue 12's list): the top angular frequency of the
+# geometric ladder [1, max] at a third of the default's 3 (all 16 at 1) and at 10
+VARIANTS += [
+    ("hm", "hopper-3x1-medium", f"vgm2p-w3000-freq{f}", f"VGM²P, defaults, time-embedding "
+     f"frequencies up to {f} (not 3)", [*NEW, "--time-max-freq", f]) for f in ("1", "10")
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",

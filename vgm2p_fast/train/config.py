@@ -84,6 +84,10 @@ class TrainConfig:
     kappa: float = _f(0.5, "CFG-in-the-target mixing coefficient, in [0, 1)")
     cond_dropout: float = _f(0.1, "share of rows trained with the null token")
     ratio_r_neq_t: float = _f(0.25, "share of MeanFlow rows with r < t")
+    # 3: on tests/test_policy.py's bimodal toy a top frequency of 100 made training oscillate
+    # (docs/design.md)
+    time_max_freq: float = _f(3.0, "highest angular frequency of the policy's time embeddings "
+                              "(geometric in [1, this])")
     test_guidance: float = _f(1.0, "test-time guidance w at evaluation (1 = off)")
     advantage: str = _f("gae", "advantage estimator", tuple(ESTIMATORS))
     gamma: float = _f(0.99, "discount")
@@ -142,7 +146,8 @@ class TrainConfig:
         ranges = {"ema_decay": (0.0, 1.0, "[0, 1)"), "kappa": (0.0, 1.0, "[0, 1)"),
                   "cond_dropout": (0.0, 1.0, "[0, 1)"), "gamma": (0.0, 1.0 + 1e-12, "[0, 1]"),
                   "lam": (0.0, 1.0 + 1e-12, "[0, 1]"), "tau": (1e-12, 1.0, "(0, 1)"),
-                  "ratio_r_neq_t": (0.0, 1.0 + 1e-12, "[0, 1]")}
+                  "ratio_r_neq_t": (0.0, 1.0 + 1e-12, "[0, 1]"),
+                  "time_max_freq": (1.0, math.inf, "[1, inf)")}
         for name, (lo, hi, text) in ranges.items():
             v = getattr(self, name)
             if not (lo <= v < hi):
