@@ -159,28 +159,29 @@ def _paragraph(opening: str) -> str:
     return " ".join(docs.split(f"\n{opening}", 1)[1].split("\n\n", 1)[0].split())
 
 
-@pytest.mark.parametrize("opening, variant", [("The budget rows", "steps20k"),
-                                              ("The width rows", "h512")])
-def test_docs_budget_and_width_paragraphs_quote_their_runs(opening: str, variant: str) -> None:
-    """docs/results.md's paragraphs on the 20,000-step and the 3 x 512 ablations quote every
-    seed's final evaluation of VGM²P and MLP-BC (ablations/runs.csv) and their mean ± 2σ
-    (ABLATIONS.md)."""
+@pytest.mark.parametrize("opening, quotes", [
+    ("The budget rows", {"vgm2p-w3000-steps20k": "VGM²P ends at ",
+                         "mlp-lr1e3-steps20k": "MLP-BC at "}),
+    ("The width rows", {"vgm2p-w3000-h512": "VGM²P ends at ", "mlp-lr1e3-h512": "MLP-BC at "}),
+    ("The frequency rows", {"vgm2p-w3000-freq1": "at 1 VGM²P ends at ",
+                            "vgm2p-w3000-freq10": "at 10 at "})])
+def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict[str, str]) -> None:
+    """docs/results.md's paragraphs on the 20,000-step, the 3 x 512 and the time-frequency
+    ablations quote, after the words given, every seed's final evaluation of each variant
+    (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
-        runs = [r for r in csv.DictReader(f) if r["variant"].endswith(f"-{variant}")]
+        runs = [r for r in csv.DictReader(f) if r["variant"] in quotes]
     ablations = (folder / "ABLATIONS.md").read_text()
     head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
     mean = {r[0]: r[head.index("normalised (mean ± 2σ, sd)")].split(" (sd")[0] for r in rows}
-    want = []
-    for method in ("vgm2p-", "mlp-"):
-        mine = sorted((int(r["seed"]), r) for r in runs if r["variant"].startswith(method))
-        assert [s for s, _ in mine] == [0, 1, 2], (method, variant)
-        want += [" / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine),
-                 mean[mine[0][1]["label"]]]
     text = _paragraph(opening)
-    ends = re.search(r"VGM²P ends at ([\d. /]+) \((.+?)\) and MLP-BC at ([\d. /]+) \((.+?)\)",
-                     text)
-    assert ends and list(ends.groups()) == want, (text, want)
+    for variant, words in quotes.items():
+        mine = sorted((int(r["seed"]), r) for r in runs if r["variant"] == variant)
+        assert [s for s, _ in mine] == [0, 1, 2], variant
+        seeds = " / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine)
+        want = f"{words}{seeds} ({mean[mine[0][1]['label']]})"
+        assert want in text, (want, text)
 
 
 def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
