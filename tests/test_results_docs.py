@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from results_lab import RESULTS, ROOT, md_table, run_script
@@ -16,15 +17,21 @@ pytest.importorskip("gymnasium_robotics", reason="needs the envs extra: pip inst
 pytest.importorskip("matplotlib")
 
 
+def _hopper_ablations() -> dict[str, tuple[str, str]]:
+    """ABLATIONS.md's hopper-3x1-medium section: variant label -> (mean ± 2σ, seed count)."""
+    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
+    head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
+    col, seeds = head.index("normalised (mean ± 2σ, sd)"), head.index("seeds")
+    return {r[0]: (r[col].split(" (sd")[0], r[seeds]) for r in rows}
+
+
 def test_docs_ablation_table_quotes_ablations_md() -> None:
     """Every VGM²P / MLP-BC figure of docs/results.md's hopper-3x1-medium ablation table, and
     the README's figure for the defaults, is a mean ± 2σ of ABLATIONS.md's hopper section (a
     bare figure: a one-seed row's mean)."""
-    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
-    head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
-    col = head.index("normalised (mean ± 2σ, sd)")
-    quoted = {r[col].split(" (sd")[0] for r in rows}
-    one_seed = {r[col].split(" ± ")[0] for r in rows if r[head.index("seeds")] == "1"}
+    ablations = _hopper_ablations().values()
+    quoted = {mean for mean, _ in ablations}
+    one_seed = {mean.split(" ± ")[0] for mean, n in ablations if n == "1"}
     docs = (ROOT / "docs" / "results.md").read_text()
     d_head, d_rows = md_table(docs, "change (hopper-3x1-medium)")
     assert d_head == ["change (hopper-3x1-medium)", "VGM²P normalised"] and len(d_rows) > 10
@@ -146,11 +153,19 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
     with open(RESULTS / "runs.csv", newline="") as f:
         final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
                  for r in csv.DictReader(f)}
-    with open(RESULTS / "noise-continuous.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["noise"] == "auto":
-                got, table = float(r["return_mean"]), final[(r["dataset"], r["method"], r["seed"])]
-                assert abs(got - table) < 1e-6 * abs(table), (r["dataset"], r["method"], r["seed"])
+    _assert_reproduces(RESULTS / "noise-continuous.csv", {"auto"}, final,
+                       lambda r: (r["dataset"], r["method"], r["seed"]))
+
+
+def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
+    """Every row of the reevaluate.py csv ``path`` whose noise is in ``noises`` returns its
+    run's final training evaluation, ``final[key(row)]`` (to 1e-6); how many rows that is."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["noise"] in noises]
+    for r in rows:
+        got, table = float(r["return_mean"]), final[key(r)]
+        assert abs(got - table) < 1e-6 * abs(table), (path.name, key(r), got, table)
+    return len(rows)
 
 
 def _paragraph(opening: str) -> str:
@@ -172,15 +187,13 @@ def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict[st
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
         runs = [r for r in csv.DictReader(f) if r["variant"] in quotes]
-    ablations = (folder / "ABLATIONS.md").read_text()
-    head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
-    mean = {r[0]: r[head.index("normalised (mean ± 2σ, sd)")].split(" (sd")[0] for r in rows}
+    ablations = _hopper_ablations()
     text = _paragraph(opening)
     for variant, words in quotes.items():
         mine = sorted((int(r["seed"]), r) for r in runs if r["variant"] == variant)
         assert [s for s, _ in mine] == [0, 1, 2], variant
         seeds = " / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine)
-        want = f"{words}{seeds} ({mean[mine[0][1]['label']]})"
+        want = f"{words}{seeds} ({ablations[mine[0][1]['label']][0]})"
         assert want in text, (want, text)
 
 
@@ -198,13 +211,9 @@ def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
     with open(folder / "runs.csv", newline="") as f:
         final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
                  for r in csv.DictReader(f) if r["variant"].endswith("-steps20k")}
-    with open(folder / "steps20k-noise.csv", newline="") as f:
-        checked = [(r["method"], r["seed"], float(r["return_mean"]))
-                   for r in csv.DictReader(f) if r["noise"] in ("auto", "none")]
-    assert len(checked) == 6 and len(final) == 6, (checked, final)
-    for method, seed, got in checked:
-        table = final[(method.removesuffix("-bc"), seed)]
-        assert abs(got - table) < 1e-6 * table, (method, seed, got, table)
+    checked = _assert_reproduces(folder / "steps20k-noise.csv", {"auto", "none"}, final,
+                                 lambda r: (r["method"].removesuffix("-bc"), r["seed"]))
+    assert checked == 6 and len(final) == 6, (checked, final)
 
 
 def test_docs_fit_table_is_its_csv() -> None:
