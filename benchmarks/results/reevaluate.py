@@ -8,7 +8,9 @@ evaluation's seeds), once per ``--noise`` setting (``auto``, ``sample`` or ``zer
 policy is deterministic and is evaluated once, noise ``none``). ``mode+S`` (any policy) acts
 with the deterministic action (a flow's e = 0, the MLP's output) plus Gaussian noise of sd S
 in the dataset's [-1, 1] action units, clipped: ``mode+0.1`` puts back the sd-0.1 noise the
-MaMuJoCo behaviour policies record with. One csv row per evaluation:
+MaMuJoCo behaviour policies record with. A setting may end in ``@N``: a flow policy then
+samples in N steps instead of the run's own (``zero@5``: the ODE from e = 0 in 5 Euler steps of
+the average velocity; an MLP ignores it). One csv row per evaluation:
 
     python benchmarks/results/reevaluate.py --runs benchmarks/results/table-runs \\
         --datasets smax-2s3z-medium smax-3m-medium --methods vgm2p meanflow-bc mlp-bc \\
@@ -40,9 +42,21 @@ COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "retur
 NOISE = ("auto", "sample", "zero", "mode+S")
 
 
+def sampling_steps(noise: str) -> tuple[str, int | None]:
+    """``(setting, N)`` of a ``setting@N`` (N >= 1 sampling steps), ``(noise, None)`` without
+    ``@``; a bad N is a ValueError naming ``--noise``."""
+    if "@" not in noise:
+        return noise, None
+    base, n = noise.rsplit("@", 1)
+    if not (n.isdigit() and int(n) >= 1):
+        raise ValueError(f"--noise: expected SETTING@N with N >= 1 sampling steps, found {noise!r}")
+    return base, int(n)
+
+
 def action_noise(noise: str) -> float | None:
-    """S of a ``mode+S`` setting (S >= 0), None for ``auto`` / ``sample`` / ``zero``; anything
-    else is a ValueError naming ``--noise``."""
+    """S of a ``mode+S`` setting (S >= 0, optionally ``@N``), None for ``auto`` / ``sample`` /
+    ``zero``; anything else is a ValueError naming ``--noise``."""
+    noise = sampling_steps(noise)[0]
     if noise in NOISE[:3]:
         return None
     try:
@@ -93,7 +107,8 @@ def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
 
 
 def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> dict:
-    """One evaluation of ``run_dir/policy.pt`` (the run's env, guidance and step count)."""
+    """One evaluation of ``run_dir/policy.pt`` (the run's env and guidance; its step count
+    unless ``noise`` ends in ``@N``)."""
     from vgm2p_fast.policy import MLPPolicy, load_policy
     from vgm2p_fast.train.evaluation import evaluate_policy, normalised_score
 
@@ -104,13 +119,15 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     sampling = {"test_guidance": meta.get("test_guidance", 1.0),
                 "n_steps": meta.get("eval_steps", 1), "sampler": meta.get("sampler", "meanflow")}
     sd = action_noise(noise)
+    setting, steps = sampling_steps(noise)
+    sampling["n_steps"] = steps or sampling["n_steps"]
     if sd is not None:
         if policy.discrete:
             raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
         res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed, **sampling)
     else:
         res = evaluate_policy(policy, meta["env"], episodes, eval_seed, **sampling,
-                              noise="auto" if mlp else noise)
+                              noise="auto" if mlp else setting)
     refs = summary.get("references")
     score = normalised_score(res["return_mean"], tuple(refs) if refs else None)
     commit = run_dir / "commit.txt"
@@ -157,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", nargs="+", default=["auto"], metavar="NOISE",
                    help="settings, one evaluation each: auto, sample, zero (the initial noise of "
                         "flow policies) or mode+S (the deterministic action plus N(0, S^2) "
-                        "in [-1, 1] units, clipped; continuous actions, MLP policies too)")
+                        "in [-1, 1] units, clipped; continuous actions, MLP policies too), "
+                        "each optionally @N: a flow policy samples in N steps, not the run's")
     p.add_argument("--csv", type=Path, default=HERE / "reevaluate.csv",
                    help="rows are written (and replaced, by dataset/method/seed/noise) here")
     p.add_argument("--skip-missing", action="store_true",
