@@ -16,11 +16,13 @@ from results_lab import RESULTS, ROOT, md_table, run_script
 pytest.importorskip("gymnasium_robotics", reason="needs the envs extra: pip install -e '.[envs]'")
 pytest.importorskip("matplotlib")
 
+HM, HMR = "hopper-3x1-medium", "hopper-3x1-medium-replay"
 
-def _hopper_ablations() -> dict[str, tuple[str, str]]:
-    """ABLATIONS.md's hopper-3x1-medium section: variant label -> (mean ± 2σ, seed count)."""
+
+def _hopper_ablations(dataset: str = HM) -> dict[str, tuple[str, str]]:
+    """ABLATIONS.md's section of ``dataset``: variant label -> (mean ± 2σ, seed count)."""
     ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
-    head, rows = md_table(ablations.split("## hopper-3x1-medium", 1)[1], "variant")
+    head, rows = md_table(ablations.split(f"## {dataset} (", 1)[1], "variant")
     col, seeds = head.index("normalised (mean ± 2σ, sd)"), head.index("seeds")
     return {r[0]: (r[col].split(" (sd")[0], r[seeds]) for r in rows}
 
@@ -157,6 +159,56 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
                        lambda r: (r["dataset"], r["method"], r["seed"]))
 
 
+def test_docs_ratio_paragraph_quotes_its_noise_csv() -> None:
+    """The r < t share paragraph's five-step and e = 0 figures are reevaluate.py --render of
+    ablations/ratio-noise.csv, whose sampled rows reproduce the runs' final evaluations; its
+    defaults figures are ABLATIONS.md's e = 0 row and sampling-steps.csv's seeds 0-2 at e = 0."""
+    folder, r75 = RESULTS / "ablations", "vgm2p-w3000-ratio0.75"
+    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "ratio-noise.csv"))
+    assert res.returncode == 0, res.stderr
+    _, rows = md_table(res.stdout, "dataset")
+    cell = {(r[0], r[1], r[2]): r[5] for r in rows}
+    text = _paragraph("The ratio rows")
+    five = f"({cell[(HMR, 'vgm2p-w3000-ratio0.5', 'auto@5')]} and {cell[(HMR, r75, 'auto@5')]},"
+    assert five in text, (five, text)
+    zero_defaults = _hopper_ablations(HMR)["VGM²P, defaults, evaluation noise e = 0"][0]
+    assert (f"0.75 returns {cell[(HMR, r75, 'zero')]} on hopper-3x1-medium-replay (the "
+            f"defaults: {zero_defaults} on these seeds)") in text, text
+    with open(RESULTS / "sampling-steps.csv", newline="") as f:
+        table_zero = [float(r["normalised"]) for r in csv.DictReader(f)
+                      if (r["dataset"], r["noise"]) == (HM, "zero") and r["seed"] in "012"]
+    assert len(table_zero) == 3
+    assert (f"and {cell[(HM, r75, 'zero')]} on hopper-3x1-medium (the defaults: "
+            f"{sum(table_zero) / 3:.1f})") in text, text
+    with open(folder / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    assert _assert_reproduces(folder / "ratio-noise.csv", {"auto"}, final,
+                              lambda r: (r["dataset"], r["method"], r["seed"])) == 9
+
+
+def test_docs_sampling_steps_table_is_its_csv() -> None:
+    """docs/results.md's sampling-steps table is reevaluate.py --render of sampling-steps.csv
+    (each cell's mean ± 2σ and its seed count; N steps is the csv's ``auto@N`` / ``zero@N``),
+    and every one-step sampled row there reproduces its run's final table evaluation."""
+    res = run_script("reevaluate.py", "--render", "--csv", str(RESULTS / "sampling-steps.csv"))
+    assert res.returncode == 0, res.stderr
+    _, re_rows = md_table(res.stdout, "dataset")
+    evals = {(r[0], r[2]): (r[5], r[3]) for r in re_rows}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    head, rows = md_table(docs.split("### Sampling steps", 1)[1], "dataset")
+    assert head == ["dataset", "steps", "seeds", "sampled", "e = 0"] and len(rows) >= 4, head
+    for ds, steps, seeds, sampled, zero in rows:
+        at = "" if steps == "1" else f"@{steps}"
+        assert evals[(ds, f"auto{at}")] == (sampled, seeds), (ds, steps, sampled)
+        assert evals[(ds, f"zero{at}")] == (zero, seeds), (ds, steps, zero)
+    with open(RESULTS / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    assert _assert_reproduces(RESULTS / "sampling-steps.csv", {"auto"}, final,
+                              lambda r: (r["dataset"], r["method"], r["seed"])) == 10
+
+
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
     """Every row of the reevaluate.py csv ``path`` whose noise is in ``noises`` returns its
     run's final training evaluation, ``final[key(row)]`` (to 1e-6); how many rows that is."""
@@ -175,25 +227,29 @@ def _paragraph(opening: str) -> str:
 
 
 @pytest.mark.parametrize("opening, quotes", [
-    ("The budget rows", {"vgm2p-w3000-steps20k": "VGM²P ends at ",
-                         "mlp-lr1e3-steps20k": "MLP-BC at "}),
-    ("The width rows", {"vgm2p-w3000-h512": "VGM²P ends at ", "mlp-lr1e3-h512": "MLP-BC at "}),
-    ("The frequency rows", {"vgm2p-w3000-freq1": "at 1 VGM²P ends at ",
-                            "vgm2p-w3000-freq10": "at 10 at "})])
-def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict[str, str]) -> None:
-    """docs/results.md's paragraphs on the 20,000-step, the 3 x 512 and the time-frequency
-    ablations quote, after the words given, every seed's final evaluation of each variant
-    (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
+    ("The budget rows", {(HM, "vgm2p-w3000-steps20k"): "VGM²P ends at ",
+                         (HM, "mlp-lr1e3-steps20k"): "MLP-BC at "}),
+    ("The width rows", {(HM, "vgm2p-w3000-h512"): "VGM²P ends at ",
+                        (HM, "mlp-lr1e3-h512"): "MLP-BC at "}),
+    ("The frequency rows", {(HM, "vgm2p-w3000-freq1"): "at 1 VGM²P ends at ",
+                            (HM, "vgm2p-w3000-freq10"): "at 10 at "}),
+    ("The ratio rows", {(HMR, "vgm2p-w3000-ratio0.5"): "0.5 gives ",
+                        (HMR, "vgm2p-w3000-ratio0.75"): "0.75 gives ",
+                        (HM, "vgm2p-w3000-ratio0.75"): "on hopper-3x1-medium 0.75 gives "})])
+def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
+    """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency and
+    the r < t share ablations quote, after the words given, every seed's final evaluation of
+    each (dataset, variant) (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
-        runs = [r for r in csv.DictReader(f) if r["variant"] in quotes]
-    ablations = _hopper_ablations()
+        runs = [r for r in csv.DictReader(f) if (r["dataset"], r["variant"]) in quotes]
     text = _paragraph(opening)
-    for variant, words in quotes.items():
-        mine = sorted((int(r["seed"]), r) for r in runs if r["variant"] == variant)
-        assert [s for s, _ in mine] == [0, 1, 2], variant
+    for (dataset, variant), words in quotes.items():
+        mine = sorted((int(r["seed"]), r) for r in runs
+                      if (r["dataset"], r["variant"]) == (dataset, variant))
+        assert [s for s, _ in mine] == [0, 1, 2], (dataset, variant)
         seeds = " / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine)
-        want = f"{words}{seeds} ({ablations[mine[0][1]['label']][0]})"
+        want = f"{words}{seeds} ({_hopper_ablations(dataset)[mine[0][1]['label']][0]})"
         assert want in text, (want, text)
 
 
