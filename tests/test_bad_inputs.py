@@ -159,6 +159,8 @@ _CLASSES["cli"] = {
     "eval-guidance-nan": (EVAL("--guidance", "nan"), ["--test-guidance", "nan"], None),
     "kappa-1": (T("--kappa", "1"), ["kappa"], None),
     "time-max-freq-below-1": (T("--time-max-freq", "0.5"), ["time_max_freq", "0.5"], None),
+    "time-sigma-0": (T("--time-sigma", "0"), ["time_sigma", "0.0"], None),
+    "time-mu-inf": (T("--time-mu", "inf"), ["time_mu", "inf"], None),
     "steps-negative": (T("--steps", "-1"), ["steps", "-1"], None),
     "steps-not-a-number": (T("--steps", "ten"), ["--steps", "ten"], None),
     "batch-size-0": (T("--batch-size", "0"), ["batch_size"], None),

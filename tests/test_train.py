@@ -20,6 +20,7 @@ from vgm2p_fast.advantage import GAEEstimator
 from vgm2p_fast.cli import main
 from vgm2p_fast.datasets import load_dataset, write_dataset
 from vgm2p_fast.train import TrainConfig, train
+from vgm2p_fast.train.loop import build_policy
 from vgm2p_fast.train.runs import checkpoints
 from vgm2p_fast.value import tokens_from_advantage
 
@@ -112,7 +113,7 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
                       refresh_every=20, hidden_dims=(32,), value_hidden=(32,), batch_size=32,
                       log_every=10, eval_episodes=0, condition=condition, advantage=advantage,
                       policy_loss=policy_loss, eval_steps=1 if policy_loss == "meanflow" else 4,
-                      time_max_freq=5.0)
+                      time_max_freq=5.0, time_mu=-0.2, time_sigma=1.5)
     summary = train(cfg, progress=False)
     out = tmp_path / "run"
     # BC (condition none) reads no advantages, so it fits no critic: no warm-up iterations
@@ -137,6 +138,9 @@ def test_train_writes_every_output(tmp_path, discrete, condition, advantage, pol
     assert policy.metadata["env"] == load_dataset(data).env
     assert policy.metadata["sampler"] == ("meanflow" if policy_loss == "meanflow" else "euler")
     assert policy.config["max_freq"] == 5.0   # --time-max-freq reaches the saved architecture
+    # --time-mu / --time-sigma reach the training loss (not saved: a deployed policy has none)
+    loss = build_policy(cfg, load_dataset(data)).loss_config
+    assert (loss.time_mu, loss.time_sigma) == (-0.2, 1.5)
     # a BC policy is trained on the null token only and must act with it
     assert policy.n_tokens == {"binary": 2, "quantile": cfg.n_bins, "none": 0}[condition]
     assert (policy.exec_token == policy.null_token) == (condition == "none")

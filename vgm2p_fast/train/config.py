@@ -86,6 +86,11 @@ class TrainConfig:
     # 0.25 (MeanFlow's): 0.5 / 0.75 gave 13.9 / 18.7 on hopper-3x1-medium-replay against the
     # defaults' 18.4 on the same 3 seeds, and 0.75 gave 31.2 against 32.0 on hopper-3x1-medium
     ratio_r_neq_t: float = _f(0.25, "share of MeanFlow rows with r < t")
+    # MeanFlow's logit-normal(-0.4, 1.0); a larger scale draws t near 1 and r near 0, the
+    # one-step jump's (r, t) = (0, 1), more often
+    time_mu: float = _f(-0.4, "location of the logit-normal that the flow's training times "
+                        "(r, t) are drawn from")
+    time_sigma: float = _f(1.0, "scale of that logit-normal (> 0)")
     # 3: on tests/test_policy.py's bimodal toy a top frequency of 100 made training oscillate
     # (docs/design.md); on hopper-3x1-medium 1 and 10 gave 31.1 and 30.0 against 32.0 (3 seeds)
     time_max_freq: float = _f(3.0, "highest angular frequency of the policy's time embeddings "
@@ -149,7 +154,9 @@ class TrainConfig:
                   "cond_dropout": (0.0, 1.0, "[0, 1)"), "gamma": (0.0, 1.0 + 1e-12, "[0, 1]"),
                   "lam": (0.0, 1.0 + 1e-12, "[0, 1]"), "tau": (1e-12, 1.0, "(0, 1)"),
                   "ratio_r_neq_t": (0.0, 1.0 + 1e-12, "[0, 1]"),
-                  "time_max_freq": (1.0, math.inf, "[1, inf)")}
+                  "time_max_freq": (1.0, math.inf, "[1, inf)"),
+                  "time_mu": (-math.inf, math.inf, "(-inf, inf)"),
+                  "time_sigma": (1e-12, math.inf, "(0, inf)")}
         for name, (lo, hi, text) in ranges.items():
             v = getattr(self, name)
             if not (lo <= v < hi):

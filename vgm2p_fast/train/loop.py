@@ -100,7 +100,8 @@ def build_policy(cfg: TrainConfig, ds: OfflineDataset) -> MeanFlowPolicy | MLPPo
             share_parameters=cfg.share_parameters, n_tokens=n_tokens, jvp=cfg.jvp,
             backend=cfg.backend, omega=cfg.omega, kappa=cfg.kappa,
             cond_dropout=cfg.cond_dropout, ratio_r_neq_t=cfg.ratio_r_neq_t,
-            max_freq=cfg.time_max_freq, **bounds)
+            time_mu=cfg.time_mu, time_sigma=cfg.time_sigma, max_freq=cfg.time_max_freq,
+            **bounds)
     obs = ds.observations.reshape(-1, ds.obs_dim)
     policy.set_obs_normalization(obs.mean(0).cpu(), obs.std(0).cpu())
     return policy
