@@ -169,6 +169,13 @@ VARIANTS += [
 # ... and the better of the two on hopper-3x1-medium, the one set where VGM²P ties MLP-BC
 VARIANTS += [("hm", "hopper-3x1-medium", "vgm2p-w3000-ratio0.75", "VGM²P, defaults, share of "
               "r < t rows 0.75 (not 0.25)", [*NEW, "--ratio-r-neq-t", "0.75"])]
+# the (r, t) sampler's scale (issue 12's list): at MeanFlow's logit-normal(-0.4, 1) only 0.9 %
+# of the rows have t > 0.9 and 0.1 % t - r > 0.8, so the one-step jump from pure noise,
+# (r, t) = (0, 1), is hardly trained; scale 1.6 / 2 gives t > 0.9 on 10 / 18 % of the rows
+VARIANTS += [
+    ("hmr", "hopper-3x1-medium-replay", f"vgm2p-w3000-tsigma{v}", f"VGM²P, defaults, (r, t) "
+     f"logit-normal scale {v} (not 1)", [*NEW, "--time-sigma", v]) for v in ("1.6", "2")
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
