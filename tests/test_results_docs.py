@@ -159,18 +159,19 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
                        lambda r: (r["dataset"], r["method"], r["seed"]))
 
 
-def test_docs_ratio_paragraph_quotes_its_noise_csv() -> None:
-    """The r < t share paragraph's five-step and e = 0 figures are reevaluate.py --render of
-    ablations/ratio-noise.csv, whose sampled rows reproduce the runs' final evaluations; its
+def test_docs_sampler_paragraph_quotes_its_noise_csv() -> None:
+    """The (r, t) sampler paragraph's five-step and e = 0 figures are reevaluate.py --render of
+    ablations/sampler-noise.csv, whose sampled rows reproduce the runs' final evaluations; its
     defaults figures are ABLATIONS.md's e = 0 row and sampling-steps.csv's seeds 0-2 at e = 0."""
     folder, r75 = RESULTS / "ablations", "vgm2p-w3000-ratio0.75"
-    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "ratio-noise.csv"))
+    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "sampler-noise.csv"))
     assert res.returncode == 0, res.stderr
     _, rows = md_table(res.stdout, "dataset")
     cell = {(r[0], r[1], r[2]): r[5] for r in rows}
-    text = _paragraph("The ratio rows")
-    five = f"({cell[(HMR, 'vgm2p-w3000-ratio0.5', 'auto@5')]} and {cell[(HMR, r75, 'auto@5')]},"
-    assert five in text, (five, text)
+    text = _paragraph("The (r, t) sampler rows")
+    variants = ["vgm2p-w3000-ratio0.5", r75, "vgm2p-w3000-tsigma1.6", "vgm2p-w3000-tsigma2"]
+    five = [cell[(HMR, v, "auto@5")] for v in variants]
+    assert f"(to {', '.join(five[:3])} and {five[3]}," in text, (five, text)
     zero_defaults = _hopper_ablations(HMR)["VGM²P, defaults, evaluation noise e = 0"][0]
     assert (f"0.75 returns {cell[(HMR, r75, 'zero')]} on hopper-3x1-medium-replay (the "
             f"defaults: {zero_defaults} on these seeds)") in text, text
@@ -183,8 +184,8 @@ def test_docs_ratio_paragraph_quotes_its_noise_csv() -> None:
     with open(folder / "runs.csv", newline="") as f:
         final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
                  for r in csv.DictReader(f)}
-    assert _assert_reproduces(folder / "ratio-noise.csv", {"auto"}, final,
-                              lambda r: (r["dataset"], r["method"], r["seed"])) == 9
+    assert _assert_reproduces(folder / "sampler-noise.csv", {"auto"}, final,
+                              lambda r: (r["dataset"], r["method"], r["seed"])) == 15
 
 
 def test_docs_sampling_steps_table_is_its_csv() -> None:
@@ -233,12 +234,15 @@ def _paragraph(opening: str) -> str:
                         (HM, "mlp-lr1e3-h512"): "MLP-BC at "}),
     ("The frequency rows", {(HM, "vgm2p-w3000-freq1"): "at 1 VGM²P ends at ",
                             (HM, "vgm2p-w3000-freq10"): "at 10 at "}),
-    ("The ratio rows", {(HMR, "vgm2p-w3000-ratio0.5"): "0.5 gives ",
-                        (HMR, "vgm2p-w3000-ratio0.75"): "0.75 gives ",
-                        (HM, "vgm2p-w3000-ratio0.75"): "on hopper-3x1-medium 0.75 gives "})])
+    ("The (r, t) sampler rows", {
+        (HMR, "vgm2p-w3000-ratio0.5"): "0.5 gives ",
+        (HMR, "vgm2p-w3000-ratio0.75"): "0.75 gives ",
+        (HM, "vgm2p-w3000-ratio0.75"): "on hopper-3x1-medium 0.75 gives ",
+        (HMR, "vgm2p-w3000-tsigma1.6"): "scale 1.6 (10 % with t > 0.9) gives ",
+        (HMR, "vgm2p-w3000-tsigma2"): "scale 2 (18 %) gives "})])
 def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
     """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency and
-    the r < t share ablations quote, after the words given, every seed's final evaluation of
+    the (r, t) sampler ablations quote, after the words given, every seed's final evaluation of
     each (dataset, variant) (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
