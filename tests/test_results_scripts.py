@@ -99,10 +99,10 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     assert mode["mode+0.5"] != pytest.approx(mode["mode+0"], rel=1e-3)
     run_dir = runs / "halfcheetah-2x3-small" / "vgm2p" / "seed0"
     policy = load_policy(run_dir / "policy.pt")
-    for (noise, steps), r in [((k.split("@")[0], int(k[-1]) if "@" in k else 1), got[k])
-                              for k in ("auto", "zero", "zero@3")]:
+    for noise, _, steps in (k.partition("@") for k in ("auto", "zero", "zero@3")):
+        r = got[noise + ("@" + steps if steps else "")]
         ref = evaluate_policy(policy, "mamujoco/HalfCheetah-2x3", 2, 7, noise=noise,
-                              n_steps=steps)
+                              n_steps=int(steps or 1))
         assert (r["episodes"], r["eval_seed"]) == ("2", "7")
         assert float(r["return_mean"]) == pytest.approx(ref["return_mean"], rel=1e-6)
         assert float(r["normalised"]) == pytest.approx(

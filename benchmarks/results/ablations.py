@@ -158,7 +158,7 @@ VARIANTS += [
     ("hm", "hopper-3x1-medium", f"vgm2p-w3000-freq{f}", f"VGM²P, defaults, time-embedding "
      f"frequencies up to {f} (not 3)", [*NEW, "--time-max-freq", f]) for f in ("1", "10")
 ]
-# the (t, r) sampler's share of r < t rows (issue 12's list), on hopper-3x1-medium-replay,
+# the (r, t) sampler's share of r < t rows (issue 12's list), on hopper-3x1-medium-replay,
 # where the one-step jump costs: the table's seed 0-4 models sampled in 5 steps return 21.6
 # normalised against 16.8 in one (docs/results.md); more rows with r < t train the average
 # velocity of long jumps on more of the batch (MeanFlow's 0.25 was tuned for images)
