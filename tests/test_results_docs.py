@@ -19,6 +19,13 @@ pytest.importorskip("matplotlib")
 HM, HMR = "hopper-3x1-medium", "hopper-3x1-medium-replay"
 
 
+def _rendered(csv_path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``reevaluate.py --render --csv csv_path`` (which must succeed)."""
+    res = run_script("reevaluate.py", "--render", "--csv", str(csv_path))
+    assert res.returncode == 0, res.stderr
+    return md_table(res.stdout, "dataset")
+
+
 def _hopper_ablations(dataset: str = HM) -> dict[str, tuple[str, str]]:
     """ABLATIONS.md's section of ``dataset``: variant label -> (mean ± 2σ, seed count)."""
     ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
@@ -103,9 +110,7 @@ def test_docs_results_tables_are_the_committed_tables() -> None:
                     cell = cell[:few.start()]
                     assert re.search(rf"\({few.group(1)}/\d+ seeds\)$", full[key]), (name, h)
                 assert full[key].startswith(cell), (name, h, cell, full[key])
-    res = run_script("reevaluate.py", "--render", "--csv", str(RESULTS / "reevaluate.csv"))
-    assert res.returncode == 0, res.stderr
-    _, re_rows = md_table(res.stdout, "dataset")
+    _, re_rows = _rendered(RESULTS / "reevaluate.csv")
     # (dataset, method) -> (seeds, "score (return; win)") for the policies' default noise
     evals = {(r[0], r[1]): (r[3], f"{r[5]} ({r[6]}; {r[7]})") for r in re_rows
              if r[2] in ("auto", "none")}
@@ -133,9 +138,7 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
     sys.path.insert(0, str(RESULTS))
     from make_table import LABELS
 
-    res = run_script("reevaluate.py", "--render", "--csv", str(RESULTS / "noise-continuous.csv"))
-    assert res.returncode == 0, res.stderr
-    _, re_rows = md_table(res.stdout, "dataset")
+    _, re_rows = _rendered(RESULTS / "noise-continuous.csv")
     evals = {(r[0], r[1], r[2]): (r[5].split(" ±")[0], r[3]) for r in re_rows}
     docs = (ROOT / "docs" / "results.md").read_text()
     head, rows = md_table(docs.split("### Continuous actions at e = 0", 1)[1], "dataset")
@@ -152,11 +155,7 @@ def test_docs_continuous_noise_table_is_its_csv() -> None:
             want = (f"{evals[(row[0], m, 'auto')][0]} → {evals[(row[0], m, 'zero')][0]} "
                     f"({evals[(row[0], m, 'zero')][1]})")
             assert cell == want, (row[0], h, cell, want)
-    with open(RESULTS / "runs.csv", newline="") as f:
-        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)}
-    _assert_reproduces(RESULTS / "noise-continuous.csv", {"auto"}, final,
-                       lambda r: (r["dataset"], r["method"], r["seed"]))
+    _assert_reproduces_table(RESULTS / "noise-continuous.csv")
 
 
 def test_docs_sampler_paragraph_quotes_its_noise_csv() -> None:
@@ -164,9 +163,7 @@ def test_docs_sampler_paragraph_quotes_its_noise_csv() -> None:
     ablations/sampler-noise.csv, whose sampled rows reproduce the runs' final evaluations; its
     defaults figures are ABLATIONS.md's e = 0 row and sampling-steps.csv's seeds 0-2 at e = 0."""
     folder, r75 = RESULTS / "ablations", "vgm2p-w3000-ratio0.75"
-    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "sampler-noise.csv"))
-    assert res.returncode == 0, res.stderr
-    _, rows = md_table(res.stdout, "dataset")
+    _, rows = _rendered(folder / "sampler-noise.csv")
     cell = {(r[0], r[1], r[2]): r[5] for r in rows}
     text = _paragraph("The (r, t) sampler rows")
     variants = ["vgm2p-w3000-ratio0.5", r75, "vgm2p-w3000-tsigma1.6", "vgm2p-w3000-tsigma2"]
@@ -192,9 +189,7 @@ def test_docs_sampling_steps_table_is_its_csv() -> None:
     """docs/results.md's sampling-steps table is reevaluate.py --render of sampling-steps.csv
     (each cell's mean ± 2σ and its seed count; N steps is the csv's ``auto@N`` / ``zero@N``),
     and every one-step sampled row there reproduces its run's final table evaluation."""
-    res = run_script("reevaluate.py", "--render", "--csv", str(RESULTS / "sampling-steps.csv"))
-    assert res.returncode == 0, res.stderr
-    _, re_rows = md_table(res.stdout, "dataset")
+    _, re_rows = _rendered(RESULTS / "sampling-steps.csv")
     evals = {(r[0], r[2]): (r[5], r[3]) for r in re_rows}
     docs = (ROOT / "docs" / "results.md").read_text()
     head, rows = md_table(docs.split("### Sampling steps", 1)[1], "dataset")
@@ -203,11 +198,7 @@ def test_docs_sampling_steps_table_is_its_csv() -> None:
         at = "" if steps == "1" else f"@{steps}"
         assert evals[(ds, f"auto{at}")] == (sampled, seeds), (ds, steps, sampled)
         assert evals[(ds, f"zero{at}")] == (zero, seeds), (ds, steps, zero)
-    with open(RESULTS / "runs.csv", newline="") as f:
-        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)}
-    assert _assert_reproduces(RESULTS / "sampling-steps.csv", {"auto"}, final,
-                              lambda r: (r["dataset"], r["method"], r["seed"])) == 10
+    assert _assert_reproduces_table(RESULTS / "sampling-steps.csv") == 10
 
 
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
@@ -219,6 +210,16 @@ def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
         got, table = float(r["return_mean"]), final[key(r)]
         assert abs(got - table) < 1e-6 * abs(table), (path.name, key(r), got, table)
     return len(rows)
+
+
+def _assert_reproduces_table(path: Path) -> int:
+    """:func:`_assert_reproduces` of ``path``'s sampled (``auto``) rows against the table's
+    runs.csv, keyed by dataset, method and seed."""
+    with open(RESULTS / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    return _assert_reproduces(path, {"auto"}, final,
+                              lambda r: (r["dataset"], r["method"], r["seed"]))
 
 
 def _paragraph(opening: str) -> str:
@@ -262,9 +263,7 @@ def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
     ablations/steps20k-noise.csv, whose sampled and MLP rows reproduce the runs' final
     evaluations in ablations/runs.csv."""
     folder = RESULTS / "ablations"
-    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "steps20k-noise.csv"))
-    assert res.returncode == 0, res.stderr
-    _, rows = md_table(res.stdout, "dataset")
+    _, rows = _rendered(folder / "steps20k-noise.csv")
     zero = next(r[5] for r in rows if r[1:4] == ["vgm2p", "zero", "3"])
     text = _paragraph("The budget rows")
     assert f"models return {zero} on the same episodes" in text, (text, zero)
@@ -366,16 +365,12 @@ def test_docs_ten_seed_numbers_are_their_tables() -> None:
     for method in ("VGM²P", "MLP-BC", "MeanFlow-BC"):
         mean_2sigma = cell[method].split(" (sd")[0]
         assert mean_2sigma in docs, (method, mean_2sigma)
-    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "noise.csv"))
-    assert res.returncode == 0, res.stderr
-    n_head, n_rows = md_table(res.stdout, "dataset")
+    n_head, n_rows = _rendered(folder / "noise.csv")
     score = {(r[1], r[2]): r[n_head.index("normalised (mean ± 2σ)")] for r in n_rows}
     assert f"At e = 0 seeds 5-9 give {score[('vgm2p', 'zero')]} (sampled: " \
            f"{score[('vgm2p', 'auto')]})" in docs
     # the mode-plus-noise table is reevaluate.py --render of width.csv, cell for cell
-    res = run_script("reevaluate.py", "--render", "--csv", str(folder / "width.csv"))
-    assert res.returncode == 0, res.stderr
-    w_head, w_rows = md_table(res.stdout, "dataset")
+    w_head, w_rows = _rendered(folder / "width.csv")
     width = {(r[1], r[2]): r[w_head.index("normalised (mean ± 2σ)")] for r in w_rows}
     assert {r[w_head.index("episodes")] for r in w_rows} == {"100"}
     assert {r[w_head.index("seeds")] for r in w_rows} == {"5"}
