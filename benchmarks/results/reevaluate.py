@@ -10,7 +10,9 @@ with the deterministic action (a flow's e = 0, the MLP's output) plus Gaussian n
 in the dataset's [-1, 1] action units, clipped: ``mode+0.1`` puts back the sd-0.1 noise the
 MaMuJoCo behaviour policies record with. A setting may end in ``@N``: a flow policy then
 samples in N steps instead of the run's own (``zero@5``: the ODE from e = 0 in 5 Euler steps of
-the average velocity; an MLP ignores it). One csv row per evaluation:
+the average velocity; an MLP ignores it), and ``~W`` before it acts with test-time guidance W
+instead of the run's (``auto~1.5``, ``zero~2@5``: ``u_null + W (u_c - u_null)``; a conditioned
+flow policy only). One csv row per evaluation:
 
     python benchmarks/results/reevaluate.py --runs benchmarks/results/table-runs \\
         --datasets smax-2s3z-medium smax-3m-medium --methods vgm2p meanflow-bc mlp-bc \\
@@ -42,21 +44,28 @@ COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "retur
 NOISE = ("auto", "sample", "zero", "mode+S")
 
 
-def sampling_steps(noise: str) -> tuple[str, int | None]:
-    """``(setting, N)`` of a ``setting@N`` (N >= 1 sampling steps), ``(noise, None)`` without
-    ``@``; a bad N is a ValueError naming ``--noise``."""
-    if "@" not in noise:
-        return noise, None
-    base, n = noise.rsplit("@", 1)
-    if not (n.isdigit() and int(n) >= 1):
+def sampling_options(noise: str) -> tuple[str, int | None, float | None]:
+    """``(setting, N, W)`` of a ``setting~W@N`` (both suffixes optional: N >= 1 sampling steps,
+    W > 0 test-time guidance; None where absent); a bad N or W is a ValueError naming
+    ``--noise``."""
+    base, at, n = noise.rpartition("@") if "@" in noise else (noise, "", "")
+    if at and not (n.isdigit() and int(n) >= 1):
         raise ValueError(f"--noise: expected SETTING@N with N >= 1 sampling steps, found {noise!r}")
-    return base, int(n)
+    base, tilde, w = base.partition("~")
+    try:
+        guidance = float(w) if tilde else None
+    except ValueError:
+        guidance = -1.0
+    if guidance is not None and not 0.0 < guidance < float("inf"):
+        raise ValueError(f"--noise: expected SETTING~W with a finite test-time guidance W > 0, "
+                         f"found {noise!r}")
+    return base, int(n) if at else None, guidance
 
 
 def action_noise(noise: str) -> float | None:
     """S of a ``mode+S`` setting (S >= 0, optionally ``@N``), None for ``auto`` / ``sample`` /
     ``zero``; anything else is a ValueError naming ``--noise``."""
-    noise = sampling_steps(noise)[0]
+    noise = sampling_options(noise)[0]
     if noise in NOISE[:3]:
         return None
     try:
@@ -69,7 +78,8 @@ def action_noise(noise: str) -> float | None:
 
 
 class NoiseError(ValueError):
-    """A ``--noise`` setting a run cannot take (``mode+S`` on discrete actions)."""
+    """A ``--noise`` setting a run cannot take (``mode+S`` on discrete actions, ``~W`` on an
+    unconditioned or MLP policy)."""
 
 
 def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
@@ -119,8 +129,13 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     sampling = {"test_guidance": meta.get("test_guidance", 1.0),
                 "n_steps": meta.get("eval_steps", 1), "sampler": meta.get("sampler", "meanflow")}
     sd = action_noise(noise)
-    setting, steps = sampling_steps(noise)
+    setting, steps, guidance = sampling_options(noise)
     sampling["n_steps"] = steps or sampling["n_steps"]
+    if guidance is not None:
+        if mlp or not policy.n_tokens:
+            raise NoiseError(f"--noise {noise}: test-time guidance needs a conditioned flow "
+                             f"policy, {run_dir} is not one")
+        sampling["test_guidance"] = guidance
     if sd is not None:
         if policy.discrete:
             raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
@@ -175,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="settings, one evaluation each: auto, sample, zero (the initial noise of "
                         "flow policies) or mode+S (the deterministic action plus N(0, S^2) "
                         "in [-1, 1] units, clipped; continuous actions, MLP policies too), "
-                        "each optionally @N: a flow policy samples in N steps, not the run's")
+                        "each optionally ~W (test-time guidance W, not the run's; conditioned "
+                        "flow policies) and then @N (a flow policy samples in N steps, not the "
+                        "run's): zero~1.5@5")
     p.add_argument("--csv", type=Path, default=HERE / "reevaluate.csv",
                    help="rows are written (and replaced, by dataset/method/seed/noise) here")
     p.add_argument("--skip-missing", action="store_true",
