@@ -155,6 +155,26 @@ def test_reevaluate_refuses_action_noise_on_discrete_runs(tmp_path: Path) -> Non
     assert re_csv.read_text() == "kept\n"
 
 
+def test_reevaluate_refuses_test_guidance_without_a_condition(tmp_path: Path) -> None:
+    """~W sets the test-time guidance between the advantageous and the null token: a run with
+    no condition (MeanFlow-BC, n_tokens 0) is a usage error naming --noise and the run."""
+    from vgm2p_fast.policy import MeanFlowPolicy
+
+    run_dir = tmp_path / "runs" / "hopper-3x1-medium" / "meanflow-bc" / "seed0"
+    run_dir.mkdir(parents=True)
+    MeanFlowPolicy(5, 1, 3, n_tokens=0, hidden_dims=(8,)).save(
+        run_dir / "policy.pt", metadata={"env": "mamujoco/Hopper-3x1"})
+    (run_dir / "summary.json").write_text(json.dumps({"references": None}))
+    re_csv = tmp_path / "re.csv"
+    res = run_script("reevaluate.py", "--runs", str(tmp_path / "runs"), "--datasets",
+                     "hopper-3x1-medium", "--methods", "meanflow-bc", "--seeds", "0",
+                     "--noise", "auto~1.5", "--csv", str(re_csv))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--noise auto~1.5: test-time guidance needs a conditioned flow policy" in res.stderr
+    assert str(run_dir) in res.stderr and "Traceback" not in res.stderr
+    assert not re_csv.exists()
+
+
 def test_committed_ablations_come_from_their_csv(tmp_path: Path) -> None:
     """ABLATIONS.md is what ``ablations.py --render`` writes from the runs.csv beside it."""
     folder = RESULTS / "ablations"
