@@ -201,6 +201,55 @@ def test_docs_sampling_steps_table_is_its_csv() -> None:
     assert _assert_reproduces_table(RESULTS / "sampling-steps.csv") == 10
 
 
+def test_docs_test_guidance_table_is_its_csv() -> None:
+    """docs/results.md's test-time guidance table is reevaluate.py --render of test-guidance.csv
+    (W is the csv's ``auto~W``, W = 1 its ``auto``), its e = 0 figures are the csv's
+    ``zero~1.5`` against sampling-steps.csv's ``zero``, and the W = 1 rows reproduce the
+    table's final evaluations."""
+    evals = {(r[0], r[2]): (r[5], r[3]) for r in _rendered(RESULTS / "test-guidance.csv")[1]}
+    steps = {(r[0], r[2]): r[5] for r in _rendered(RESULTS / "sampling-steps.csv")[1]}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    head, rows = md_table(docs.split("### Test-time guidance", 1)[1], "dataset")
+    assert head == ["dataset", "test guidance", "seeds", "sampled"] and len(rows) == 12, head
+    for ds, w, seeds, sampled in rows:
+        assert evals[(ds, "auto" if w == "1" else f"auto~{w}")] == (sampled, seeds), (ds, w)
+    text = _paragraph("On hopper-3x1-medium no W beats 1")
+    for ds, end in ((HM, " at 1"), (HMR, ")")):
+        want = f"W = 1.5 gives {evals[(ds, 'zero~1.5')][0]} against {steps[(ds, 'zero')]}{end}"
+        assert want in text, (want, text)
+    assert _assert_reproduces_table(RESULTS / "test-guidance.csv") == 10
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    mean = {w: evals[(HM, f"auto~{w}")][0].split(" ±")[0] for w in ("0.75", "1.5")}
+    assert (f"(docs/results.md#test-time-guidance) 0.75 / 1.5 {mean['0.75']} / {mean['1.5']} "
+            f"({evals[(HM, 'auto~1.5')][1]} seeds): none better") in readme
+
+
+def test_docs_self_distill_paragraph_is_its_csv() -> None:
+    """The self-distillation paragraph's per-seed figures are self-distill-noise.csv's, the
+    table's beside them sampling-steps.csv's (seeds 0-2), and the csv names the patch."""
+    def seeds(path: Path, ds: str, noise: str) -> str:
+        with open(path, newline="") as f:
+            got = {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
+                   if (r["dataset"], r["noise"]) == (ds, noise)}
+        return " / ".join(f"{got[s]:.1f}" for s in (0, 1, 2))
+
+    new, table = RESULTS / "ablations" / "self-distill-noise.csv", RESULTS / "sampling-steps.csv"
+    text = _paragraph("A self-distilled one-step jump")
+    for ds, noise, said in ((HMR, "auto", "{} sampled (the table's {})"),
+                            (HMR, "zero", "{} from e = 0 ({})"),
+                            (HMR, "auto@5", "{} sampled in five steps ({})"),
+                            (HM, "auto", "on hopper-3x1-medium {} sampled ({})")):
+        want = said.format(seeds(new, ds, noise), seeds(table, ds, noise))
+        assert want in text, (want, text)
+    patch = (RESULTS / "ablations" / "self-distill.patch").read_text()
+    assert "def _distill(" in patch and "distill_share: float = 0.25" in patch
+    with open(new, newline="") as f:
+        assert {r["commit"] for r in csv.DictReader(f)} == {"92ee2a9+self-distill.patch"}
+    hm = [float(x) for x in seeds(new, HM, "auto").split(" / ")]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
+
+
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
     """Every row of the reevaluate.py csv ``path`` whose noise is in ``noises`` returns its
     run's final training evaluation, ``final[key(row)]`` (to 1e-6); how many rows that is."""
