@@ -377,7 +377,7 @@ def test_docs_and_readme_guidance_sweep_is_the_committed_table() -> None:
                    if r["dataset"] == dataset and r["method"] == m] for m, w in scale_of.items()}
         change = sweep_change(pts)          # the same change as the 10-episode table's
         means = " / ".join(f"{stats(pts[w])[0]:.1f}" for w in change)
-        rel = " / ".join(f"{c:+.0f}" for c in change.values())
+        rel = " / ".join(f"{round(c):+d}" for c in change.values())   # +0, never -0
         assert (f"{dataset}: {means} against the default's {stats(pts[2.0])[0]:.1f}, "
                 f"{rel} %") in flat, dataset
         assert f"{dataset} {rel} %" in " ".join(readme.split()), dataset
