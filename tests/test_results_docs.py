@@ -172,9 +172,8 @@ def test_docs_sampler_paragraph_quotes_its_noise_csv() -> None:
     zero_defaults = _hopper_ablations(HMR)["VGM²P, defaults, evaluation noise e = 0"][0]
     assert (f"0.75 returns {cell[(HMR, r75, 'zero')]} on hopper-3x1-medium-replay (the "
             f"defaults: {zero_defaults} on these seeds)") in text, text
-    with open(RESULTS / "sampling-steps.csv", newline="") as f:
-        table_zero = [float(r["normalised"]) for r in csv.DictReader(f)
-                      if (r["dataset"], r["noise"]) == (HM, "zero") and r["seed"] in "012"]
+    table_zero = [v for s, v in _by_seed(RESULTS / "sampling-steps.csv", HM, "zero").items()
+                  if s in (0, 1, 2)]
     assert len(table_zero) == 3
     assert (f"and {cell[(HM, r75, 'zero')]} on hopper-3x1-medium (the defaults: "
             f"{sum(table_zero) / 3:.1f})") in text, text
@@ -228,9 +227,7 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
     """The self-distillation paragraph's per-seed figures are self-distill-noise.csv's, the
     table's beside them sampling-steps.csv's (seeds 0-2), and the csv names the patch."""
     def seeds(path: Path, ds: str, noise: str) -> str:
-        with open(path, newline="") as f:
-            got = {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
-                   if (r["dataset"], r["noise"]) == (ds, noise)}
+        got = _by_seed(path, ds, noise)
         return " / ".join(f"{got[s]:.1f}" for s in (0, 1, 2))
 
     new, table = RESULTS / "ablations" / "self-distill-noise.csv", RESULTS / "sampling-steps.csv"
@@ -248,6 +245,14 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
     hm = [float(x) for x in seeds(new, HM, "auto").split(" / ")]
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
+
+
+def _by_seed(path: Path, dataset: str, noise: str) -> dict[int, float]:
+    """Seed -> normalised return of the reevaluate.py csv ``path``'s rows of one dataset and
+    noise setting."""
+    with open(path, newline="") as f:
+        return {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
+                if (r["dataset"], r["noise"]) == (dataset, noise)}
 
 
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
