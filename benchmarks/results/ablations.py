@@ -176,6 +176,15 @@ VARIANTS += [
     ("hmr", "hopper-3x1-medium-replay", f"vgm2p-w3000-tsigma{v}", f"VGM²P, defaults, (r, t) "
      f"logit-normal scale {v} (not 1)", [*NEW, "--time-sigma", v]) for v in ("1.6", "2")
 ]
+# an e = 0 protocol's one miss (above) at twice the budget: VGM²P's e = 0 curve on
+# hopper-3x1-medium-replay was still rising at 10,000 steps (14 -> 9 -> 16 -> 18 -> 25, seeds
+# 0-2), and AW flow BC, the best baseline there at e = 0 (26.1), gets the same 20,000 steps
+VARIANTS += [
+    ("hmr", "hopper-3x1-medium-replay", "vgm2p-w3000-zero-steps20k", "VGM²P, defaults, e = 0, "
+     "20,000 policy steps (not 10,000)", [*ZERO, "--steps", "20000"]),
+    ("hmr", "hopper-3x1-medium-replay", "awfm-w3000-zero-steps20k", "AW flow BC, defaults, "
+     "e = 0, 20,000 policy steps (not 10,000)", ["--method", "awfm", *ZERO, "--steps", "20000"]),
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",
