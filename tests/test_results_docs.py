@@ -294,7 +294,9 @@ def _paragraph(opening: str) -> str:
         (HMR, "vgm2p-w3000-ratio0.75"): "0.75 gives ",
         (HM, "vgm2p-w3000-ratio0.75"): "on hopper-3x1-medium 0.75 gives ",
         (HMR, "vgm2p-w3000-tsigma1.6"): "scale 1.6 (10 % with t > 0.9) gives ",
-        (HMR, "vgm2p-w3000-tsigma2"): "scale 2 (18 %) gives "})])
+        (HMR, "vgm2p-w3000-tsigma2"): "scale 2 (18 %) gives "}),
+    ("The budget at e = 0", {(HMR, "vgm2p-w3000-zero-steps20k"): "VGM²P ends at ",
+                             (HMR, "awfm-w3000-zero-steps20k"): "AW flow BC at "})])
 def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
     """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency and
     the (r, t) sampler ablations quote, after the words given, every seed's final evaluation of
@@ -323,10 +325,36 @@ def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
     assert f"models return {zero} on the same episodes" in text, (text, zero)
     with open(folder / "runs.csv", newline="") as f:
         final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f) if r["variant"].endswith("-steps20k")}
+                 for r in csv.DictReader(f)
+                 if r["dataset"] == HM and r["variant"].endswith("-steps20k")}
     checked = _assert_reproduces(folder / "steps20k-noise.csv", {"auto", "none"}, final,
                                  lambda r: (r["method"].removesuffix("-bc"), r["seed"]))
     assert checked == 6 and len(final) == 6, (checked, final)
+
+
+def test_docs_budget_at_zero_noise_paragraph_quotes_its_baselines() -> None:
+    """The e = 0 budget paragraph's 10,000-step figures are the same seeds' e = 0 rows of
+    noise-continuous.csv, its VGM²P curve the e = 0 defaults row of ABLATIONS.md, seed 1's
+    swing that run's curve in ablations/runs.csv and its limit 90 % of AW flow BC's mean."""
+    text = _paragraph("The budget at e = 0")
+    with open(RESULTS / "noise-continuous.csv", newline="") as f:
+        zero = [r for r in csv.DictReader(f) if r["dataset"] == HMR and r["noise"] == "zero"
+                and r["seed"] in ("0", "1", "2")]
+    means = [sum(float(r["normalised"]) for r in zero if r["method"] == m) / 3
+             for m in ("vgm2p", "awfm")]
+    assert f"the same seeds gave {means[0]:.1f} and {means[1]:.1f}." in text, (means, text)
+    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
+    row = next(line for line in ablations.split(f"## {HMR} (", 1)[1].splitlines()
+               if line.startswith("| VGM²P, defaults, evaluation noise e = 0 |"))
+    assert f"at 10,000 steps ({row.rstrip(' |').rsplit('| ', 1)[1]})" in text, (row, text)
+    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
+        runs = {(r["variant"], r["seed"]): r for r in csv.DictReader(f) if r["dataset"] == HMR}
+    s1 = dict(p.split(":") for p in runs["vgm2p-w3000-zero-steps20k", "1"]["eval_curve"].split())
+    assert (f"seed 1: {float(s1['12000']):.1f} at 12,000 steps, {float(s1['20000']):.1f} at "
+            f"20,000") in text, (s1, text)
+    aw = [float(runs["awfm-w3000-zero-steps20k", s]["eval_normalised"]) for s in "012"]
+    vg = [float(runs["vgm2p-w3000-zero-steps20k", s]["eval_normalised"]) for s in "012"]
+    assert f"({sum(vg) / 3:.1f} against a limit of {0.9 * sum(aw) / 3:.1f})" in text, text
 
 
 def test_docs_fit_table_is_its_csv() -> None:
