@@ -298,9 +298,10 @@ def _paragraph(opening: str) -> str:
     ("The budget at e = 0", {(HMR, "vgm2p-w3000-zero-steps20k"): "VGM²P ends at ",
                              (HMR, "awfm-w3000-zero-steps20k"): "AW flow BC at "})])
 def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
-    """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency and
-    the (r, t) sampler ablations quote, after the words given, every seed's final evaluation of
-    each (dataset, variant) (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
+    """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency, the
+    (r, t) sampler and the e = 0 20,000-step ablations quote, after the words given, every
+    seed's final evaluation of each (dataset, variant) (ablations/runs.csv) and its mean ± 2σ
+    (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
         runs = [r for r in csv.DictReader(f) if (r["dataset"], r["variant"]) in quotes]
@@ -354,7 +355,8 @@ def test_docs_budget_at_zero_noise_paragraph_quotes_its_baselines() -> None:
             f"20,000") in text, (s1, text)
     aw = [float(runs["awfm-w3000-zero-steps20k", s]["eval_normalised"]) for s in "012"]
     vg = [float(runs["vgm2p-w3000-zero-steps20k", s]["eval_normalised"]) for s in "012"]
-    assert f"({sum(vg) / 3:.1f} against a limit of {0.9 * sum(aw) / 3:.1f})" in text, text
+    want = f"({sum(vg) / 3:.1f} against a limit of at least {0.9 * sum(aw) / 3:.1f}, "
+    assert want in text, (want, text)
 
 
 def test_docs_fit_table_is_its_csv() -> None:
