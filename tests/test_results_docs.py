@@ -26,12 +26,14 @@ def _rendered(csv_path: Path) -> tuple[list[str], list[list[str]]]:
     return md_table(res.stdout, "dataset")
 
 
-def _hopper_ablations(dataset: str = HM) -> dict[str, tuple[str, str]]:
-    """ABLATIONS.md's section of ``dataset``: variant label -> (mean ± 2σ, seed count)."""
+def _hopper_ablations(dataset: str = HM) -> dict[str, tuple[str, str, str]]:
+    """ABLATIONS.md's section of ``dataset``: variant label -> (mean ± 2σ, seed count, mean
+    learning curve)."""
     ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
     head, rows = md_table(ablations.split(f"## {dataset} (", 1)[1], "variant")
     col, seeds = head.index("normalised (mean ± 2σ, sd)"), head.index("seeds")
-    return {r[0]: (r[col].split(" (sd")[0], r[seeds]) for r in rows}
+    curve = next(i for i, h in enumerate(head) if h.startswith("curve"))
+    return {r[0]: (r[col].split(" (sd")[0], r[seeds], r[curve]) for r in rows}
 
 
 def test_docs_ablation_table_quotes_ablations_md() -> None:
@@ -39,8 +41,8 @@ def test_docs_ablation_table_quotes_ablations_md() -> None:
     the README's figure for the defaults, is a mean ± 2σ of ABLATIONS.md's hopper section (a
     bare figure: a one-seed row's mean)."""
     ablations = _hopper_ablations().values()
-    quoted = {mean for mean, _ in ablations}
-    one_seed = {mean.split(" ± ")[0] for mean, n in ablations if n == "1"}
+    quoted = {mean for mean, _, _ in ablations}
+    one_seed = {mean.split(" ± ")[0] for mean, n, _ in ablations if n == "1"}
     docs = (ROOT / "docs" / "results.md").read_text()
     d_head, d_rows = md_table(docs, "change (hopper-3x1-medium)")
     assert d_head == ["change (hopper-3x1-medium)", "VGM²P normalised"] and len(d_rows) > 10
@@ -247,12 +249,14 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
 
 
-def _by_seed(path: Path, dataset: str, noise: str) -> dict[int, float]:
+def _by_seed(path: Path, dataset: str, noise: str, method: str | None = None
+             ) -> dict[int, float]:
     """Seed -> normalised return of the reevaluate.py csv ``path``'s rows of one dataset and
-    noise setting."""
+    noise setting (and of one method, for a csv of several)."""
     with open(path, newline="") as f:
         return {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
-                if (r["dataset"], r["noise"]) == (dataset, noise)}
+                if (r["dataset"], r["noise"]) == (dataset, noise)
+                and method in (None, r["method"])}
 
 
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
@@ -338,16 +342,11 @@ def test_docs_budget_at_zero_noise_paragraph_quotes_its_baselines() -> None:
     noise-continuous.csv, its VGM²P curve the e = 0 defaults row of ABLATIONS.md, seed 1's
     swing that run's curve in ablations/runs.csv and its limit 90 % of AW flow BC's mean."""
     text = _paragraph("The budget at e = 0")
-    with open(RESULTS / "noise-continuous.csv", newline="") as f:
-        zero = [r for r in csv.DictReader(f) if r["dataset"] == HMR and r["noise"] == "zero"
-                and r["seed"] in ("0", "1", "2")]
-    means = [sum(float(r["normalised"]) for r in zero if r["method"] == m) / 3
-             for m in ("vgm2p", "awfm")]
+    zero = [_by_seed(RESULTS / "noise-continuous.csv", HMR, "zero", m) for m in ("vgm2p", "awfm")]
+    means = [sum(z[s] for s in (0, 1, 2)) / 3 for z in zero]
     assert f"the same seeds gave {means[0]:.1f} and {means[1]:.1f}." in text, (means, text)
-    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
-    row = next(line for line in ablations.split(f"## {HMR} (", 1)[1].splitlines()
-               if line.startswith("| VGM²P, defaults, evaluation noise e = 0 |"))
-    assert f"at 10,000 steps ({row.rstrip(' |').rsplit('| ', 1)[1]})" in text, (row, text)
+    curve = _hopper_ablations(HMR)["VGM²P, defaults, evaluation noise e = 0"][2]
+    assert f"at 10,000 steps ({curve})" in text, (curve, text)
     with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
         runs = {(r["variant"], r["seed"]): r for r in csv.DictReader(f) if r["dataset"] == HMR}
     s1 = dict(p.split(":") for p in runs["vgm2p-w3000-zero-steps20k", "1"]["eval_curve"].split())
