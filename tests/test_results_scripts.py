@@ -80,7 +80,8 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
 
     # reevaluate.py: the final policy again, on other episodes, once per noise setting; the
     # numbers are evaluate_policy's and the normalisation the table's. mode+S is the e = 0
-    # action plus N(0, S^2) in [-1, 1] units: S = 0 is the e = 0 evaluation. A setting@N
+    # action plus N(0, S^2) in [-1, 1] units: S = 0 is the e = 0 evaluation; sample*T starts
+    # from N(0, T^2 I): T = 0 is the e = 0 evaluation, T = 0.5 another one. A setting@N
     # samples in N steps instead of the run's one, a setting~W with test-time guidance W.
     from vgm2p_fast.policy import load_policy
     from vgm2p_fast.train.evaluation import evaluate_policy
@@ -89,14 +90,18 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     res = run_script("reevaluate.py", "--runs", str(runs), "--datasets", "halfcheetah-2x3-small",
                      "--methods", "vgm2p", "--seeds", "0", "--episodes", "2", "--eval-seed", "7",
                      "--noise", "auto", "zero", "zero@3", "zero~3@2", "mode+0", "mode+0.5",
-                     "--csv", str(re_csv))
+                     "sample*0", "sample*0.5", "--csv", str(re_csv))
     assert res.returncode == 0, res.stdout + res.stderr
     with open(re_csv, newline="") as f:
         got = {r["noise"]: r for r in csv.DictReader(f)}
-    assert sorted(got) == ["auto", "mode+0", "mode+0.5", "zero", "zero@3", "zero~3@2"]
-    mode = {k: float(got[k]["return_mean"]) for k in ("zero", "mode+0", "mode+0.5")}
+    assert sorted(got) == ["auto", "mode+0", "mode+0.5", "sample*0", "sample*0.5", "zero",
+                           "zero@3", "zero~3@2"]
+    mode = {k: float(got[k]["return_mean"])
+            for k in ("zero", "mode+0", "mode+0.5", "sample*0", "sample*0.5")}
     assert mode["mode+0"] == pytest.approx(mode["zero"], rel=1e-6)
+    assert mode["sample*0"] == pytest.approx(mode["zero"], rel=1e-6)
     assert mode["mode+0.5"] != pytest.approx(mode["mode+0"], rel=1e-3)
+    assert mode["sample*0.5"] != pytest.approx(mode["zero"], rel=1e-3)
     run_dir = runs / "halfcheetah-2x3-small" / "vgm2p" / "seed0"
     policy = load_policy(run_dir / "policy.pt")
     for key in ("auto", "zero", "zero@3", "zero~3@2"):
@@ -120,6 +125,10 @@ def test_run_and_table_end_to_end(tmp_path: Path) -> None:
     assert steps0.returncode == 2 and "N >= 1 sampling steps, found 'zero@0'" in steps0.stderr
     assert float(got["zero@3"]["return_mean"]) != pytest.approx(mode["zero"], rel=1e-6)
     assert got["zero~3@2"]["return_mean"] != got["zero@3"]["return_mean"]
+    for bad_t in ("sample*-0.5", "sample*x", "sample*inf@2"):
+        t0 = run_script("reevaluate.py", "--runs", str(runs), "--datasets",
+                        "halfcheetah-2x3-small", "--noise", bad_t, "--csv", str(re_csv))
+        assert t0.returncode == 2 and f"temperature T >= 0, found '{bad_t}'" in t0.stderr
     for bad_w in ("zero~0", "auto~x@2", "zero~inf"):
         w0 = run_script("reevaluate.py", "--runs", str(runs), "--datasets",
                         "halfcheetah-2x3-small", "--noise", bad_w, "--csv", str(re_csv))

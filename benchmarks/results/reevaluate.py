@@ -8,11 +8,14 @@ evaluation's seeds), once per ``--noise`` setting (``auto``, ``sample`` or ``zer
 policy is deterministic and is evaluated once, noise ``none``). ``mode+S`` (any policy) acts
 with the deterministic action (a flow's e = 0, the MLP's output) plus Gaussian noise of sd S
 in the dataset's [-1, 1] action units, clipped: ``mode+0.1`` puts back the sd-0.1 noise the
-MaMuJoCo behaviour policies record with. A setting may end in ``@N``: a flow policy then
-samples in N steps instead of the run's own (``zero@5``: the ODE from e = 0 in 5 Euler steps of
-the average velocity; an MLP ignores it), and ``~W`` before it acts with test-time guidance W
-instead of the run's (``auto~1.5``, ``zero~2@5``: ``u_null + W (u_c - u_null)``; a conditioned
-flow policy only). One csv row per evaluation:
+MaMuJoCo behaviour policies record with. ``sample*T`` (continuous flow policies; an MLP is
+evaluated once) samples at temperature T: initial noise e ~ N(0, T^2 I) from a generator seeded
+by ``--eval-seed``, so T = 0 is ``zero`` and T = 1 samples as ``sample`` does (other draws). A
+setting may end in ``@N``: a flow policy then samples in N steps instead of the run's own
+(``zero@5``: the ODE from e = 0 in 5 Euler steps of the average velocity; an MLP ignores it),
+and ``~W`` before it acts with test-time guidance W instead of the run's (``auto~1.5``,
+``zero~2@5``: ``u_null + W (u_c - u_null)``; a conditioned flow policy only). One csv row per
+evaluation:
 
     python benchmarks/results/reevaluate.py --runs benchmarks/results/table-runs \\
         --datasets smax-2s3z-medium smax-3m-medium --methods vgm2p meanflow-bc mlp-bc \\
@@ -41,7 +44,7 @@ COLUMNS = ["dataset", "method", "seed", "noise", "episodes", "eval_seed", "retur
            "return_std", "win_rate", "normalised", "commit"]
 
 
-NOISE = ("auto", "sample", "zero", "mode+S")
+NOISE = ("auto", "sample", "zero", "mode+S", "sample*T")
 
 
 def sampling_options(noise: str) -> tuple[str, int | None, float | None]:
@@ -62,9 +65,27 @@ def sampling_options(noise: str) -> tuple[str, int | None, float | None]:
     return base, int(n) if at else None, guidance
 
 
+def temperature(noise: str) -> float | None:
+    """T of a ``sample*T`` setting (T >= 0, optionally ``~W@N``), None for any other setting;
+    a bad T is a ValueError naming ``--noise``."""
+    base = sampling_options(noise)[0]
+    if not base.startswith("sample*"):
+        return None
+    try:
+        t = float(base.removeprefix("sample*"))
+    except ValueError:
+        t = -1.0
+    if not 0.0 <= t < float("inf"):
+        raise ValueError(f"--noise: expected sample*T with a finite temperature T >= 0, "
+                         f"found {noise!r}")
+    return t
+
+
 def action_noise(noise: str) -> float | None:
     """S of a ``mode+S`` setting (S >= 0, optionally ``@N``), None for ``auto`` / ``sample`` /
-    ``zero``; anything else is a ValueError naming ``--noise``."""
+    ``zero`` / ``sample*T``; anything else is a ValueError naming ``--noise``."""
+    if temperature(noise) is not None:
+        return None
     noise = sampling_options(noise)[0]
     if noise in NOISE[:3]:
         return None
@@ -82,12 +103,13 @@ class NoiseError(ValueError):
     unconditioned or MLP policy)."""
 
 
-def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
+def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int, scale: float = 0.0,
                 **sampling) -> dict:
-    """``envs.evaluate`` of the deterministic action (a flow's ``act`` from e = 0 with the run's
-    ``sampling`` options: test_guidance, n_steps, sampler; an MLP's output, which takes none)
-    plus N(0, sd^2) in [-1, 1] units, clipped (the noise from a generator seeded by
-    ``eval_seed``: reruns give the same numbers)."""
+    """``envs.evaluate`` of the action from initial noise e ~ N(0, scale^2 I) (a flow's ``act``
+    with the run's ``sampling`` options: test_guidance, n_steps, sampler; scale 0 is e = 0, the
+    deterministic action; an MLP's output, which takes none) plus N(0, sd^2) in [-1, 1] units,
+    clipped (both noises from a generator seeded by ``eval_seed``: reruns give the same
+    numbers)."""
     import contextlib
 
     import torch
@@ -105,9 +127,12 @@ def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int,
         if isinstance(policy, MLPPolicy):
             a = policy.act(obs, None)
         else:
-            e = torch.zeros(obs.shape[0], policy.n_agents, policy.action_dim, dtype=obs.dtype,
-                            device=obs.device)
+            shape = (obs.shape[0], policy.n_agents, policy.action_dim)
+            e = scale * torch.randn(shape, generator=gen).to(obs) if scale else torch.zeros(
+                shape, dtype=obs.dtype, device=obs.device)
             a = policy.act(obs, None, noise=e, **sampling)
+        if not sd:
+            return a.cpu()
         unit = 2 * (a - low) / (high - low) - 1
         unit = unit + sd * torch.randn(unit.shape, generator=gen).to(unit)
         return (low + (unit.clamp(-1, 1) + 1) * (high - low) / 2).cpu()
@@ -128,7 +153,7 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     mlp = isinstance(policy, MLPPolicy)
     sampling = {"test_guidance": meta.get("test_guidance", 1.0),
                 "n_steps": meta.get("eval_steps", 1), "sampler": meta.get("sampler", "meanflow")}
-    sd = action_noise(noise)
+    sd, temp = action_noise(noise), temperature(noise)
     setting, steps, guidance = sampling_options(noise)
     sampling["n_steps"] = steps or sampling["n_steps"]
     if guidance is not None:
@@ -136,10 +161,11 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
             raise NoiseError(f"--noise {noise}: test-time guidance needs a conditioned flow "
                              f"policy, {run_dir} is not one")
         sampling["test_guidance"] = guidance
-    if sd is not None:
+    if sd is not None or (temp is not None and not mlp):
         if policy.discrete:
             raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
-        res = _noisy_mode(policy, sd, meta["env"], episodes, eval_seed, **sampling)
+        res = _noisy_mode(policy, sd or 0.0, meta["env"], episodes, eval_seed, scale=temp or 0.0,
+                          **sampling)
     else:
         res = evaluate_policy(policy, meta["env"], episodes, eval_seed, **sampling,
                               noise="auto" if mlp else setting)
@@ -188,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seed of the episodes (default 20000: not training's 10000)")
     p.add_argument("--noise", nargs="+", default=["auto"], metavar="NOISE",
                    help="settings, one evaluation each: auto, sample, zero (the initial noise of "
-                        "flow policies) or mode+S (the deterministic action plus N(0, S^2) "
-                        "in [-1, 1] units, clipped; continuous actions, MLP policies too), "
+                        "flow policies), mode+S (the deterministic action plus N(0, S^2) "
+                        "in [-1, 1] units, clipped; continuous actions, MLP policies too) or "
+                        "sample*T (initial noise N(0, T^2 I); continuous flow policies), "
                         "each optionally ~W (test-time guidance W, not the run's; conditioned "
                         "flow policies) and then @N (a flow policy samples in N steps, not the "
                         "run's): zero~1.5@5")
