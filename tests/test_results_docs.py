@@ -225,6 +225,64 @@ def test_docs_test_guidance_table_is_its_csv() -> None:
             f"({evals[(HM, 'auto~1.5')][1]} seeds): none better") in readme
 
 
+def test_docs_temperature_table_is_its_csv() -> None:
+    """docs/results.md's sampling-temperature table is reevaluate.py --render of temperature.csv
+    (T = 1 is the csv's ``auto``, T = 0 its ``zero``, any other T its ``sample*T``); the csv's
+    models are the table's (its ``auto`` rows reproduce runs.csv, its ``zero`` rows
+    noise-continuous.csv); and the verdict below the table holds: no T puts VGM²P both at or
+    above MLP-BC on hopper-3x1-medium and within 10 % of AW flow BC on medium-replay, with the
+    figures the paragraph quotes."""
+    path = RESULTS / "temperature.csv"
+    evals = {tuple(r[:3]): (r[5], r[3]) for r in _rendered(path)[1]}
+    docs = (ROOT / "docs" / "results.md").read_text()
+    head, rows = md_table(docs.split("### Sampling temperature", 1)[1], "dataset")
+    assert head == ["dataset", "temperature T", "seeds", "VGM²P", "AW flow BC"], head
+    assert len(rows) == 10
+    setting = {"1": "auto", "0": "zero"}
+    for ds, t, seeds, vgm, aw in rows:
+        noise = setting.get(t, f"sample*{t}")
+        assert evals[(ds, "vgm2p", noise)] == (vgm, seeds), (ds, t, vgm)
+        assert evals[(ds, "awfm", noise)] == (aw, seeds), (ds, t, aw)
+    key = lambda r: (r["dataset"], r["method"], r["seed"])  # noqa: E731
+    assert _assert_reproduces_table(path) == 20
+    with open(RESULTS / "noise-continuous.csv", newline="") as f:
+        zero = {key(r): float(r["return_mean"]) for r in csv.DictReader(f) if r["noise"] == "zero"}
+    assert _assert_reproduces(path, {"zero"}, zero, key) == 20
+
+    with open(RESULTS / "runs.csv", newline="") as f:
+        mlp = [float(r["eval_normalised"]) for r in csv.DictReader(f)
+               if (r["dataset"], r["method"]) == (HM, "mlp-bc")]
+    bar = sum(mlp) / len(mlp)
+
+    def mean(ds: str, method: str, noise: str) -> float:
+        got = _by_seed(path, ds, noise, method)
+        assert sorted(got) == [0, 1, 2, 3, 4], (ds, method, noise)
+        return sum(got.values()) / 5
+
+    text = _paragraph("No T passes both.")
+    for t in ("1", "0.75", "0.5", "0.25", "0"):
+        noise = setting.get(t, f"sample*{t}")
+        limit = 0.9 * mean(HMR, "awfm", noise)
+        assert not (mean(HM, "vgm2p", noise) >= bar and mean(HMR, "vgm2p", noise) >= limit), t
+        if t not in setting:   # below 1, AW flow BC gains more than VGM²P there
+            gain = {m: mean(HMR, m, noise) - mean(HMR, m, "auto") for m in ("vgm2p", "awfm")}
+            assert gain["awfm"] > gain["vgm2p"], (t, gain)
+            limit_said = "against a limit of" if t == "0.75" else "against"
+            want = f"{mean(HMR, 'vgm2p', noise):.1f} {limit_said} {limit:.1f} at {t}"
+            assert want in text, (want, text)
+    want = (f"({mean(HM, 'vgm2p', 'sample*0.5'):.1f} at 0.5, "
+            f"{mean(HM, 'vgm2p', 'sample*0.75'):.1f} at 0.75, against {bar:.1f})")
+    assert want in text, (want, text)
+    seed3 = {n: _by_seed(path, HMR, n, "vgm2p")[3] for n in ("auto", "sample*0.5", "zero")}
+    assert (f"(seed 3: {seed3['auto']:.1f} sampled, {seed3['sample*0.5']:.1f} at 0.5, "
+            f"{seed3['zero']:.1f} at e = 0)") in text
+    aw = _by_seed(path, HMR, "sample*0.5", "awfm")
+    assert all(aw[s] > v for s, v in _by_seed(path, HMR, "auto", "awfm").items())
+    assert f"(its lowest at 0.5: {min(aw.values()):.1f})" in text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "as does each [temperature](docs/results.md#sampling-temperature) tried that" in readme
+
+
 def test_docs_self_distill_paragraph_is_its_csv() -> None:
     """The self-distillation paragraph's per-seed figures are self-distill-noise.csv's, the
     table's beside them sampling-steps.csv's (seeds 0-2), and the csv names the patch."""
