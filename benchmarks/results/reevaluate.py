@@ -103,8 +103,8 @@ class NoiseError(ValueError):
     unconditioned or MLP policy)."""
 
 
-def _noisy_mode(policy, sd: float, env: str, episodes: int, eval_seed: int, scale: float = 0.0,
-                **sampling) -> dict:
+def _evaluate_noised(policy, sd: float, env: str, episodes: int, eval_seed: int,
+                     scale: float = 0.0, **sampling) -> dict:
     """``envs.evaluate`` of the action from initial noise e ~ N(0, scale^2 I) (a flow's ``act``
     with the run's ``sampling`` options: test_guidance, n_steps, sampler; scale 0 is e = 0, the
     deterministic action; an MLP's output, which takes none) plus N(0, sd^2) in [-1, 1] units,
@@ -164,8 +164,8 @@ def evaluate_run(run_dir: Path, noise: str, episodes: int, eval_seed: int) -> di
     if sd is not None or (temp is not None and not mlp):
         if policy.discrete:
             raise NoiseError(f"--noise {noise}: continuous actions only, {run_dir} is discrete")
-        res = _noisy_mode(policy, sd or 0.0, meta["env"], episodes, eval_seed, scale=temp or 0.0,
-                          **sampling)
+        res = _evaluate_noised(policy, sd or 0.0, meta["env"], episodes, eval_seed,
+                               scale=temp or 0.0, **sampling)
     else:
         res = evaluate_policy(policy, meta["env"], episodes, eval_seed, **sampling,
                               noise="auto" if mlp else setting)
