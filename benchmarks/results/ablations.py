@@ -185,6 +185,15 @@ VARIANTS += [
     ("hmr", "hopper-3x1-medium-replay", "awfm-w3000-zero-steps20k", "AW flow BC, defaults, "
      "e = 0, 20,000 policy steps (not 10,000)", ["--method", "awfm", *ZERO, "--steps", "20000"]),
 ]
+# advantage weighting inside VGM²P: an e = 0 protocol misses only where VGM²P's mode on a
+# mixture of eight policies is unreliable (seeds 11.8-29.3 on hopper-3x1-medium-replay) and AW
+# flow BC's is not (26.1 +- 2.9): its weights exp(A / std A) leave the conditional
+# distribution closer to one policy's. The tokens and the guidance stay; rows get AW weights
+VARIANTS += [
+    (short, ds, "vgm2p-w3000-awr", "VGM²P, defaults, rows also weighted exp(A / std A) "
+     "(awr, clipped at 100)", [*NEW, "--weighting", "awr"])
+    for short, ds in (("hmr", "hopper-3x1-medium-replay"), ("hm", "hopper-3x1-medium"))
+]
 # variants of options the code no longer has: their rows are kept, they are not re-run
 REMOVED = {"vgm2p-a1", "vgm2p-lr1e3-a1"}
 COLUMNS = ["dataset", "variant", "label", "seed", "eval_return_mean", "eval_normalised",

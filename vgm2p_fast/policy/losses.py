@@ -89,7 +89,8 @@ def guided_velocity(net: VelocityNetwork, loss: LossConfig, z, t, obs, cond, v, 
 
 def meanflow_loss(net: VelocityNetwork, loss: LossConfig, obs: torch.Tensor,
                   actions: torch.Tensor, cond: torch.Tensor | None, *,
-                  generator: torch.Generator | None = None
+                  generator: torch.Generator | None = None,
+                  weights: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CFG-guided MeanFlow loss (module docstring), averaged over rows and agents.
 
@@ -98,6 +99,8 @@ def meanflow_loss(net: VelocityNetwork, loss: LossConfig, obs: torch.Tensor,
         (discrete); cond: [B] or [B, N] condition tokens of the transitions, or None for
         plain (unconditional, unguided) MeanFlow behaviour cloning.
         generator: optional RNG for noise, times and condition dropout.
+        weights: [B] per-row weights (default 1), e.g. ``exp(A / beta)``: the loss is then
+        ``mean_b w_b mean_i L_bi``, as in :func:`flow_matching_loss`.
 
     Returns:
         The scalar loss (with autograd) and an info dict of detached scalar tensors (no
@@ -129,7 +132,11 @@ def meanflow_loss(net: VelocityNetwork, loss: LossConfig, obs: torch.Tensor,
         dudt = torch.cat([dudt, dudt.new_zeros(batch - m, *dudt.shape[1:])])
     loss_fn = ops.unchecked("meanflow_target_loss", dev, net._op_backend())
     rows, raw = loss_fn(u, dudt, v_g, t, r, loss.norm_p, loss.norm_eps)
-    total = rows.mean()
+    if weights is None:
+        total = rows.mean()
+    else:
+        check_tensor("weights", weights, shape=(batch,), dtypes=(dtype,), device=dev)
+        total = (weights * rows.mean(-1)).mean()
     info = {"loss": total.detach(), "mse": raw.mean(), "dropped": dropped.float().mean()}
     return total, info
 

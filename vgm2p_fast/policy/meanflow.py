@@ -179,14 +179,16 @@ class MeanFlowPolicy(VelocityNetwork):
         return losses.guided_velocity(self, self.loss_config, z, t, obs, cond, v, dropped)
 
     def meanflow_loss(self, obs: torch.Tensor, actions: torch.Tensor,
-                      cond: torch.Tensor | None, *, generator: torch.Generator | None = None
+                      cond: torch.Tensor | None, *, generator: torch.Generator | None = None,
+                      weights: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """CFG-guided MeanFlow loss (``losses.meanflow_loss``).
 
         Args: obs [B, N, obs_dim]; actions [B, N, D] in [-1, 1] or [B, N] ids; cond [B] or
-        [B, N] tokens, or None for unconditional MeanFlow BC. Returns (loss, info)."""
+        [B, N] tokens, or None for unconditional MeanFlow BC; weights [B] per-row weights or
+        None. Returns (loss, info)."""
         return losses.meanflow_loss(self, self.loss_config, obs, actions, cond,
-                                    generator=generator)
+                                    generator=generator, weights=weights)
 
     def flow_matching_loss(self, obs: torch.Tensor, actions: torch.Tensor,
                            cond: torch.Tensor | None = None, *,

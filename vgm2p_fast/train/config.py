@@ -75,7 +75,8 @@ class TrainConfig:
     policy_loss: str = _f("meanflow", "meanflow (VGM²P), flow_matching or mse (MLP BC; "
                           "cross-entropy for discrete actions)", POLICY_LOSSES)
     weighting: str = _f("none", "awr: weight rows by exp(A / (beta std A)), clipped "
-                        "(advantage-weighted BC)", WEIGHTINGS)
+                        "(advantage-weighted BC; with tokens too, a weighted VGM²P)",
+                        WEIGHTINGS)
     awr_beta: float = _f(1.0, "temperature of awr weights, in units of the advantage std")
     awr_max_weight: float = _f(100.0, "clip of awr weights")
     n_bins: int = _f(4, "number of tokens of --condition quantile")
@@ -172,9 +173,9 @@ class TrainConfig:
         if self.policy_loss == "mse" and self.condition != "none":
             raise ValueError(f"condition: the mse (MLP BC) policy takes no tokens; expected "
                              f"none, found {self.condition!r}")
-        if self.weighting == "awr" and self.condition != "none":
-            raise ValueError(f"weighting: awr weights rows instead of conditioning on them; "
-                             f"expected --condition none, found {self.condition!r}")
+        if self.weighting == "awr" and self.policy_loss == "mse":
+            raise ValueError("weighting: the mse (MLP BC) loss takes no row weights; expected "
+                             "none, found 'awr'")
 
     @property
     def omega(self) -> float:

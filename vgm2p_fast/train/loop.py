@@ -74,7 +74,8 @@ class _Objective(nn.Module):
                                                                 generator=generator,
                                                                 weights=weights)
             else:
-                p_loss, p_info = self.policy.meanflow_loss(obs, act, cond, generator=generator)
+                p_loss, p_info = self.policy.meanflow_loss(obs, act, cond, generator=generator,
+                                                           weights=weights)
             loss = loss + p_loss
             info.update(p_info)
         return loss, info
