@@ -168,6 +168,8 @@ _CLASSES["cli"] = {
     "method-unknown": (T("--method", "nope"), ["--method", "nope"], None),
     "condition-unknown": (T("--condition", "bogus"), ["--condition", "bogus"], None),
     "mse-with-tokens": (T("--policy-loss", "mse", "--condition", "binary"), ["condition"], None),
+    "mse-with-awr": (T("--method", "mlp-bc", "--weighting", "awr"), ["weighting", "mse", "awr"],
+                     None),
     "device-unknown": (T("--device", "tpu"), ["device", "tpu"], None),
     "device-missing-cuda": (T("--device", "{cuda}"), ["device", "CUDA"], None),
     "eval-device-missing-cuda": (EVAL("--device", "{cuda}"), ["device", "CUDA"], None),

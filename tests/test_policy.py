@@ -118,6 +118,30 @@ def test_guided_velocity_formula():
     torch.testing.assert_close(v_g, expect)
 
 
+def test_meanflow_loss_weights_scale_each_row():
+    """weights [B] multiply each row's loss (mean over agents) before the batch mean: ones give
+    the unweighted loss, the loss is linear in them, and a bad shape names ``weights``."""
+    torch.manual_seed(6)
+    policy = vf.MeanFlowPolicy(3, 2, 2, hidden_dims=(12,))
+    g = torch.Generator().manual_seed(0)
+    obs, actions = torch.randn(8, 2, 3, generator=g), torch.rand(8, 2, 2, generator=g) * 2 - 1
+    cond = torch.randint(0, 2, (8,), generator=g)
+
+    def loss(weights=None):  # the same noise, times and dropout draws on every call
+        return policy.meanflow_loss(obs, actions, cond, weights=weights,
+                                    generator=torch.Generator().manual_seed(1))[0]
+
+    torch.testing.assert_close(loss(torch.ones(8)), loss())
+    torch.testing.assert_close(loss(torch.full((8,), 3.0)), 3 * loss())
+    w = torch.tensor([2.0, 0.0, 1.0, 0.5, 0.0, 4.0, 1.0, 1.0])
+    assert not torch.allclose(loss(w), loss())
+    # linear in the weights: w = a + b gives loss(a) + loss(b)
+    a, b = torch.rand(8, generator=g), torch.rand(8, generator=g)
+    torch.testing.assert_close(loss(a + b), loss(a) + loss(b))
+    with pytest.raises(ValueError, match="weights"):
+        loss(torch.ones(7))
+
+
 def test_meanflow_loss_reduces_to_plain_mse_without_weighting():
     """With r = t everywhere and p = 0 the loss is the flow-matching error ||u(z,t,t) - v_g||^2."""
     torch.manual_seed(5)

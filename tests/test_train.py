@@ -170,6 +170,31 @@ def test_only_methods_that_read_advantages_fit_a_critic(tiny, tmp_path, capsys):
         train(config_from({**state["config"], "steps": 30}), resume=True, progress=False)
 
 
+@pytest.mark.parametrize("weighting", ["none", "awr"])
+def test_awr_weights_reach_the_meanflow_loss(tiny, tmp_path, monkeypatch, weighting):
+    """--weighting awr on VGM²P weights its MeanFlow rows by the clipped exp(A / (beta std A))
+    of each batch row (an earlier version accepted the option and ignored it)."""
+    seen = []
+    loss = vf.MeanFlowPolicy.meanflow_loss
+
+    def spy(self, *args, weights=None, **kwargs):
+        seen.append(weights)
+        return loss(self, *args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(vf.MeanFlowPolicy, "meanflow_loss", spy)
+    args = ["train", "--dataset", str(tiny), "--out", str(tmp_path / "run"), "--steps", "5",
+            "--value-warmup", "5", "--weighting", weighting,
+            "--awr-max-weight", "4", "--eval-episodes", "0", "--quiet", *TINY]
+    assert main(args) == 0
+    assert len(seen) == 5
+    if weighting == "none":
+        assert all(w is None for w in seen)
+    else:
+        w = torch.stack(seen)
+        assert w.shape == (5, 64) and bool((w > 0).all()) and float(w.max()) <= 4.0
+        assert float(w.std()) > 0   # advantages differ across rows, so do their weights
+
+
 def test_same_seed_same_metrics(tiny, tmp_path):
     runs = []
     for name in ("a", "b"):
