@@ -307,6 +307,43 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
 
 
+def test_docs_awr_paragraph_is_its_csv() -> None:
+    """The paragraph on AW weights inside VGM²P quotes ablations/awr-noise.csv (each seed from
+    e = 0, the mean ± 2σ of reevaluate.py --render), whose sampled rows are the ablation runs'
+    final evaluations and ABLATIONS.md's means; the defaults beside them are the table's models
+    (noise-continuous.csv, seeds 0-2); and every weighted figure is below its default's."""
+    new, table = RESULTS / "ablations" / "awr-noise.csv", RESULTS / "noise-continuous.csv"
+    variant = "vgm2p-w3000-awr"
+    cell = {(r[0], r[2]): r[5] for r in _rendered(new)[1] if r[1] == variant}
+
+    def seeds(path: Path, ds: str, noise: str, method: str) -> list[float]:
+        got = _by_seed(path, ds, noise, method)
+        return [round(got[s], 1) for s in (0, 1, 2)]
+
+    def said(values: list[float]) -> str:
+        return " / ".join(f"{v:.1f}" for v in values)
+
+    text = _paragraph("Advantage weighting inside VGM²P")
+    for ds in (HMR, HM):
+        mine, base = seeds(new, ds, "zero", variant), seeds(table, ds, "zero", "vgm2p")
+        want = f"{said(mine)} ({cell[(ds, 'zero')]}) on {ds} against {said(base)}"
+        assert want in text, (want, text)
+        assert all(m < b for m, b in zip(mine, base)), (ds, mine, base)
+        mine, base = seeds(new, ds, "auto", variant), seeds(table, ds, "auto", "vgm2p")
+        assert all(m < b for m, b in zip(mine, base)), (ds, mine, base)
+        label = "VGM²P, defaults, rows also weighted exp(A / std A) (awr, clipped at 100)"
+        assert _hopper_ablations(ds)[label][0] == cell[(ds, "auto")], ds
+    want = (f"sampled, {cell[(HMR, 'auto')]} and {cell[(HM, 'auto')]} against "
+            f"{said(seeds(table, HMR, 'auto', 'vgm2p'))} and "
+            f"{said(seeds(table, HM, 'auto', 'vgm2p'))}")
+    assert want in text, (want, text)
+    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    assert _assert_reproduces(new, {"auto"}, final,
+                              lambda r: (r["dataset"], r["method"], r["seed"])) == 6
+
+
 def _by_seed(path: Path, dataset: str, noise: str, method: str | None = None
              ) -> dict[int, float]:
     """Seed -> normalised return of the reevaluate.py csv ``path``'s rows of one dataset and
