@@ -168,6 +168,8 @@ _CLASSES["cli"] = {
     "method-unknown": (T("--method", "nope"), ["--method", "nope"], None),
     "condition-unknown": (T("--condition", "bogus"), ["--condition", "bogus"], None),
     "mse-with-tokens": (T("--policy-loss", "mse", "--condition", "binary"), ["condition"], None),
+    "test-guidance-without-tokens": (T("--method", "meanflow-bc", "--test-guidance", "2"),
+                                     ["test_guidance", "condition", "none", "2"], None),
     "mse-with-awr": (T("--method", "mlp-bc", "--weighting", "awr"), ["weighting", "mse", "awr"],
                      None),
     "device-unknown": (T("--device", "tpu"), ["device", "tpu"], None),

@@ -173,6 +173,10 @@ class TrainConfig:
         if self.policy_loss == "mse" and self.condition != "none":
             raise ValueError(f"condition: the mse (MLP BC) policy takes no tokens; expected "
                              f"none, found {self.condition!r}")
+        if self.test_guidance != 1.0 and self.condition == "none":
+            raise ValueError(f"test_guidance: a policy without condition tokens (--condition "
+                             f"none) has nothing to guide; expected 1, found "
+                             f"{self.test_guidance}")
         if self.weighting == "awr" and self.policy_loss == "mse":
             raise ValueError("weighting: the mse (MLP BC) loss takes no row weights; expected "
                              "none, found 'awr'")
