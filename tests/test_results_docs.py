@@ -395,12 +395,14 @@ def _paragraph(opening: str) -> str:
         (HMR, "vgm2p-w3000-tsigma1.6"): "scale 1.6 (10 % with t > 0.9) gives ",
         (HMR, "vgm2p-w3000-tsigma2"): "scale 2 (18 %) gives "}),
     ("The budget at e = 0", {(HMR, "vgm2p-w3000-zero-steps20k"): "VGM²P ends at ",
-                             (HMR, "awfm-w3000-zero-steps20k"): "AW flow BC at "})])
+                             (HMR, "awfm-w3000-zero-steps20k"): "AW flow BC at "}),
+    ("The EMA rows", {(HMR, "vgm2p-w3000-zero-ema999"): "VGM²P ends at ",
+                      (HM, "vgm2p-w3000-zero-ema999"): "medium-replay and at "})])
 def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
     """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency, the
-    (r, t) sampler and the e = 0 20,000-step ablations quote, after the words given, every
-    seed's final evaluation of each (dataset, variant) (ablations/runs.csv) and its mean ± 2σ
-    (ABLATIONS.md)."""
+    (r, t) sampler, the e = 0 20,000-step and the e = 0 EMA ablations quote, after the words
+    given, every seed's final evaluation of each (dataset, variant) (ablations/runs.csv) and
+    its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
         runs = [r for r in csv.DictReader(f) if (r["dataset"], r["variant"]) in quotes]
@@ -412,6 +414,21 @@ def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -
         seeds = " / ".join(f"{float(r['eval_normalised']):.1f}" for _, r in mine)
         want = f"{words}{seeds} ({_hopper_ablations(dataset)[mine[0][1]['label']][0]})"
         assert want in text, (want, text)
+
+
+def test_docs_ema_paragraph_quotes_its_defaults() -> None:
+    """The EMA paragraph's defaults are the table's models from e = 0 (noise-continuous.csv,
+    seeds 0-2), and its seed-2 returns are ablations/runs.csv's, EMA against defaults row."""
+    text = _paragraph("The EMA rows")
+    base = [" / ".join(f"{_by_seed(RESULTS / 'noise-continuous.csv', ds, 'zero', 'vgm2p')[k]:.1f}"
+                       for k in (0, 1, 2)) for ds in (HMR, HM)]
+    assert f"on the same seeds ({base[0]} and {base[1]})" in text, (base, text)
+    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
+        ret = {r["variant"]: float(r["eval_return_mean"]) for r in csv.DictReader(f)
+               if (r["dataset"], r["seed"]) == (HMR, "2")}
+    said = (f"Seed 2 returns {ret['vgm2p-w3000-zero-ema999']:.1f} against the defaults' "
+            f"{ret['vgm2p-w3000-zero']:.1f} on medium-replay")
+    assert said in text, (said, text)
 
 
 def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
