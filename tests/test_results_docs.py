@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,49 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
                  for r in csv.DictReader(f)}
     assert _assert_reproduces(new, {"auto"}, final,
                               lambda r: (r["dataset"], r["method"], r["seed"])) == 6
+
+
+def test_docs_tokens_section_is_its_csv() -> None:
+    """docs/results.md's tokens table is tokens.py --render of tokens.csv, and every figure of
+    the paragraph after it is that csv's (shares, masses, the best group's part of the rows and
+    its per-seed mass range) or noise-continuous.csv's (the e = 0 returns it quotes)."""
+    res = run_script("tokens.py", "--render", "--csv", str(RESULTS / "tokens.csv"))
+    assert res.returncode == 0, res.stderr
+    docs = (ROOT / "docs" / "results.md").read_text()
+    section = docs.split("### What the tokens pick on medium-replay data", 1)[1]
+    assert md_table(section, "group") == md_table(res.stdout, "group")
+    with open(RESULTS / "tokens.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["dataset"] == HMR]
+    best = max(int(r["group"]) for r in rows)
+    by_group = defaultdict(list)
+    for r in rows:
+        by_group[(r["method"], int(r["group"]))].append(r)
+
+    def mean(method: str, group: int, col: str) -> float:
+        got = by_group[(method, group)]
+        return sum(float(r[col]) for r in got) / len(got)
+
+    rows_of = {g: int(by_group[("vgm2p", g)][0]["rows"]) for g in range(best + 1)}
+    low = [mean("vgm2p", g, "share") for g in range(best + 1)
+           if float(by_group[("vgm2p", g)][0]["return_mean"]) < 300]
+    masses = [float(r["mass"]) for r in by_group[("vgm2p", best)]]
+    zero = {m: _by_seed(RESULTS / "noise-continuous.csv", HMR, "zero", m)
+            for m in ("vgm2p", "fm-bc")}
+    others = [v for s, v in zero["vgm2p"].items() if s not in (2, 3)]
+    text = _paragraph("The advantage tilts the data")
+    for said in (
+            f"({float(by_group[('vgm2p', best)][0]['return_mean']):.0f}, "
+            f"{100 * rows_of[best] / sum(rows_of.values()):.0f} % of the data) are "
+            f"advantageous at {100 * mean('vgm2p', best, 'share'):.0f} %",
+            f"against {100 * min(low):.0f}-{100 * max(low):.0f} % for each checkpoint below 300",
+            f"make up {100 * mean('vgm2p', best, 'mass'):.0f} % of VGM²P's advantageous rows "
+            f"({100 * mean('awfm', best, 'mass'):.0f} % of AW flow BC's weight)",
+            f"returns {min(zero['fm-bc'].values()):.1f}-{max(zero['fm-bc'].values()):.1f} from "
+            f"e = 0 on every seed",
+            f"mass is {min(masses):.3f}-{max(masses):.3f} on all five seeds",
+            f"({zero['vgm2p'][2]:.1f} and {zero['vgm2p'][3]:.1f} from e = 0, against "
+            f"{min(others):.1f}-{max(others):.1f})"):
+        assert said in text, (said, text)
 
 
 def _by_seed(path: Path, dataset: str, noise: str, method: str | None = None

@@ -1,7 +1,8 @@
 """benchmarks/results: run.py trains and resumes per-run directories and keeps one runs.csv row
 per run; make_table.py turns the csv into RESULTS.md + plots with scores normalised by the
-dataset's references (toy budget); reevaluate.py, ablations.py and fit.py; the committed tables
-re-render from their csv. How the README and docs quote them: ``test_results_docs.py``."""
+dataset's references (toy budget); reevaluate.py, ablations.py, fit.py and tokens.py; the
+committed tables re-render from their csv. How the README and docs quote them:
+``test_results_docs.py``."""
 
 from __future__ import annotations
 
@@ -268,6 +269,65 @@ def test_fit_measures_mode_error_and_spread(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "| halfcheetah-2x3-small | mlp-bc | 500 | 1 |" in shown.stdout
     bad = run_script("fit.py", "--datasets", "halfcheetah-2x3-small", "--every", "700")
     assert bad.returncode == 2 and "--every" in bad.stderr
+
+
+def test_tokens_splits_the_advantage_by_episode_group(tmp_path: Path) -> None:
+    """tokens.py reads each run's last advantage refresh and splits it by the dataset's episode
+    groups: every group's share is its rows' fraction of A >= 0 (they add up to the run's
+    count), a conditioned run's mass is proportional to share x rows, every run's masses sum
+    to 1; a run that
+    reads no advantages, a dataset without groups and one whose episodes are out of its groups'
+    order are refused with the option named."""
+    import torch
+
+    runs, table, name = tmp_path / "runs", tmp_path / "tokens.csv", "halfcheetah-2x3-small"
+    res = run_script("run.py", "--datasets", name, "--methods", "vgm2p", "awfm", "mlp-bc",
+                     "--seeds", "0", "--steps", "4", "--eval-episodes", "0", "--runs", str(runs),
+                     "--", "--value-warmup", "3", "--batch-size", "16", "--hidden-dims", "16",
+                     "--value-hidden", "16", "--refresh-every", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = run_script("tokens.py", "--runs", str(runs), "--datasets", name, "--methods", "vgm2p",
+                     "awfm", "--seeds", "0", "--csv", str(table))
+    assert res.returncode == 0, res.stdout + res.stderr
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    from vgm2p_fast.datasets import load_dataset
+
+    groups = json.loads(load_dataset(name).attrs["groups"])
+    assert len(rows) == 2 * len(groups) and len(groups) > 1
+    for method in ("vgm2p", "awfm"):
+        mine = [r for r in rows if r["method"] == method]
+        assert [int(r["group"]) for r in mine] == list(range(len(groups)))
+        assert [int(r["rows"]) > 0 for r in mine] == [True] * len(groups)
+        assert abs(sum(float(r["mass"]) for r in mine) - 1) < 1e-3
+        ckpt = sorted((runs / name / method / "seed0").glob("checkpoint-*.pt"))[-1]
+        adv = torch.load(ckpt, weights_only=False)["adv"]
+        n_good = sum(float(r["share"]) * int(r["rows"]) for r in mine)
+        assert abs(n_good - int((adv >= 0).sum())) < 1e-3 * len(adv) + 0.5, (method, n_good)
+        if method == "vgm2p":
+            for r in mine:
+                want = float(r["share"]) * int(r["rows"]) / n_good
+                assert abs(float(r["mass"]) - want) < 1e-3, r
+    shown = run_script("tokens.py", "--render", "--csv", str(table))
+    assert shown.returncode == 0 and f"### {name}" in shown.stdout
+    assert "| group | return | rows | awfm share | awfm mass | vgm2p share | vgm2p mass |" \
+        in shown.stdout
+    bad = run_script("tokens.py", "--runs", str(runs), "--datasets", name, "--methods",
+                     "mlp-bc", "--seeds", "0", "--csv", str(tmp_path / "x.csv"))
+    assert bad.returncode == 2 and "--methods" in bad.stderr and "mlp-bc" in bad.stderr
+    src = load_dataset(name).source
+    for case, edit in (("none", lambda f: f.attrs.__delitem__("groups")),
+                       ("order", lambda f: f.attrs.__setitem__(
+                           "groups", json.dumps(groups[::-1])))):
+        path = tmp_path / f"{case}.h5"
+        path.write_bytes(Path(src).read_bytes())
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        bad = run_script("tokens.py", "--runs", str(runs), "--datasets", str(path), "--seeds",
+                         "0", "--csv", str(tmp_path / "x.csv"))
+        assert bad.returncode == 2 and "--datasets" in bad.stderr, (case, bad.stderr)
+        assert ("no episode groups" if case == "none" else "not in its groups' order") \
+            in bad.stderr, (case, bad.stderr)
 
 
 def test_run_refuses_unknown_method(tmp_path: Path) -> None:
