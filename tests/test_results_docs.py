@@ -343,6 +343,7 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
                  for r in csv.DictReader(f)}
     assert _assert_reproduces(new, {"auto"}, final,
                               lambda r: (r["dataset"], r["method"], r["seed"])) == 6
+    assert f"seed 0, returned {final[(HMR, 'vgm2p-w3000-zero', '0')]:.3f} again" in text
 
 
 def test_docs_tokens_section_is_its_csv() -> None:
