@@ -121,7 +121,7 @@ VARIANTS += [
 ]
 # an e = 0 protocol would meet every target if VGM²P's mode on hopper-3x1-medium-replay were
 # within 10 % of AW flow BC's (22.0 against 26.1 at the defaults, docs/results.md): the
-# defaults at e = 0, and three sharper conditions (the e = 0 mode of a mixture of eight
+# defaults at e = 0, and three sharper conditions (the e = 0 mode of a mixture of twelve
 # policies is an action none of them takes unless the condition singles out the good ones)
 ZERO = [*NEW, "--eval-noise", "zero"]
 VARIANTS += [
@@ -186,7 +186,7 @@ VARIANTS += [
      "e = 0, 20,000 policy steps (not 10,000)", ["--method", "awfm", *ZERO, "--steps", "20000"]),
 ]
 # advantage weighting inside VGM²P: an e = 0 protocol misses only where VGM²P's mode on a
-# mixture of eight policies is unreliable (seeds 11.8-29.3 on hopper-3x1-medium-replay) and AW
+# mixture of twelve policies is unreliable (seeds 11.8-29.3 on hopper-3x1-medium-replay) and AW
 # flow BC's is not (26.1 +- 2.9): its weights exp(A / std A) leave the conditional
 # distribution closer to one policy's. The tokens and the guidance stay; rows get AW weights
 VARIANTS += [
