@@ -347,14 +347,19 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
 
 
 def test_docs_tokens_section_is_its_csv() -> None:
-    """docs/results.md's tokens table is tokens.py --render of tokens.csv, and every figure of
-    the paragraph after it is that csv's (shares, masses, the best group's part of the rows and
-    its per-seed mass range) or noise-continuous.csv's (the e = 0 returns it quotes)."""
+    """docs/results.md's tokens tables are tokens.py --render of tokens.csv, and every figure of
+    the paragraphs after them is that csv's (shares, masses, the best group's part of the rows
+    and its per-seed mass range) or noise-continuous.csv's (the e = 0 returns it quotes); the
+    table runs the intro compares AW flow BC's re-trained seeds with are runs.csv's."""
     res = run_script("tokens.py", "--render", "--csv", str(RESULTS / "tokens.csv"))
     assert res.returncode == 0, res.stderr
     docs = (ROOT / "docs" / "results.md").read_text()
     section = docs.split("### What the tokens pick on medium-replay data", 1)[1]
-    assert md_table(section, "group") == md_table(res.stdout, "group")
+    shown = res.stdout.split("#### ")[1:]
+    assert shown and section.count("#### ") == len(shown)
+    for part in shown:   # one table per dataset, under its name
+        ds = part.split("\n", 1)[0]
+        assert md_table(section.split(f"#### {ds}\n", 1)[1], "group") == md_table(part, "group")
     with open(RESULTS / "tokens.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["dataset"] == HMR]
     best = max(int(r["group"]) for r in rows)
@@ -373,7 +378,7 @@ def test_docs_tokens_section_is_its_csv() -> None:
     zero = {m: _by_seed(RESULTS / "noise-continuous.csv", HMR, "zero", m)
             for m in ("vgm2p", "fm-bc")}
     others = [v for s, v in zero["vgm2p"].items() if s not in (2, 3)]
-    text = _paragraph("The advantage tilts the data")
+    text = _paragraph("On hopper-3x1-medium-replay the advantage tilts")
     for said in (
             f"({float(by_group[('vgm2p', best)][0]['return_mean']):.0f}, "
             f"{100 * rows_of[best] / sum(rows_of.values()):.0f} % of the data) are "
@@ -387,6 +392,30 @@ def test_docs_tokens_section_is_its_csv() -> None:
             f"({zero['vgm2p'][2]:.1f} and {zero['vgm2p'][3]:.1f} from e = 0, against "
             f"{min(others):.1f}-{max(others):.1f})"):
         assert said in text, (said, text)
+    # the HalfCheetah contrast, from the same csv, and the table runs it compares with
+    with open(RESULTS / "tokens.csv", newline="") as f:
+        hc = [r for r in csv.DictReader(f) if r["dataset"] == "halfcheetah-2x3-medium-replay"]
+    last = max(int(r["group"]) for r in hc)
+
+    def hc_mean(group: int, col: str) -> float:
+        got = [float(r[col]) for r in hc if (r["method"], int(r["group"])) == ("vgm2p", group)]
+        return sum(got) / len(got)
+
+    top = next(r for r in hc if int(r["group"]) == last)
+    n_rows = sum(int(r["rows"]) for r in hc if (r["method"], r["seed"]) == ("vgm2p", "0"))
+    text = _paragraph("On halfcheetah-2x3-medium-replay the same token")
+    for said in (
+            f"from {100 * hc_mean(0, 'share'):.0f} % on the first to "
+            f"{100 * hc_mean(last, 'share'):.0f} % on the best ({float(top['return_mean']):.0f}, "
+            f"{100 * int(top['rows']) / n_rows:.0f} % of the rows), which makes up "
+            f"{100 * hc_mean(last, 'mass'):.0f} % of VGM²P's advantageous rows",
+            f"Hopper's best checkpoint gets {100 * mean('vgm2p', best, 'mass'):.0f} % from "
+            f"{100 * rows_of[best] / sum(rows_of.values()):.0f} % of the rows"):
+        assert said in text, (said, text)
+    with open(RESULTS / "runs.csv", newline="") as f:
+        aw = {r["seed"]: float(r["eval_return_mean"]) for r in csv.DictReader(f)
+              if (r["dataset"], r["method"]) == ("halfcheetah-2x3-medium-replay", "awfm")}
+    assert f"against {aw['3']:.1f} and {aw['4']:.1f};" in _paragraph("Why is VGM²P's mode")
 
 
 def _by_seed(path: Path, dataset: str, noise: str, method: str | None = None

@@ -309,7 +309,7 @@ def test_tokens_splits_the_advantage_by_episode_group(tmp_path: Path) -> None:
                 want = float(r["share"]) * int(r["rows"]) / n_good
                 assert abs(float(r["mass"]) - want) < 1e-3, r
     shown = run_script("tokens.py", "--render", "--csv", str(table))
-    assert shown.returncode == 0 and f"### {name}" in shown.stdout
+    assert shown.returncode == 0 and f"#### {name}" in shown.stdout
     assert "| group | return | rows | awfm share | awfm mass | vgm2p share | vgm2p mass |" \
         in shown.stdout
     bad = run_script("tokens.py", "--runs", str(runs), "--datasets", name, "--methods",

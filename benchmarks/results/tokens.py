@@ -108,7 +108,7 @@ def render(rows: list[dict]) -> str:
     for ds in sorted({r["dataset"] for r in rows}):
         head = ["group", "return", "rows", *(f"{m} {c}" for m in methods for c in
                                                 ("share", "mass"))]
-        lines += [f"### {ds}", "", "| " + " | ".join(head) + " |",
+        lines += [f"#### {ds}", "", "| " + " | ".join(head) + " |",
                   "|" + "---|" * len(head)]
         for k in sorted({g for d, g, _ in cells if d == ds}):
             first = next(cells[(ds, k, m)][0] for m in methods if (ds, k, m) in cells)
