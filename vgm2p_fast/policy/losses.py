@@ -67,6 +67,16 @@ def check_batch(net: VelocityNetwork, obs: torch.Tensor, actions: torch.Tensor,
     return obs, net.encode_actions(actions).to(obs.dtype), cond
 
 
+def _batch_mean(rows: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the per-row losses ``rows`` [B] or [B, N] (agents), each batch row weighted by
+    ``weights`` [B] (None: unweighted): ``mean_b w_b mean_i rows_bi``."""
+    if weights is None:
+        return rows.mean()
+    check_tensor("weights", weights, shape=rows.shape[:1], dtypes=(rows.dtype,),
+                 device=rows.device)
+    return (weights * rows.reshape(rows.shape[0], -1).mean(-1)).mean()
+
+
 @torch.no_grad()
 def guided_velocity(net: VelocityNetwork, loss: LossConfig, z, t, obs, cond, v, dropped
                     ) -> torch.Tensor:
@@ -132,11 +142,7 @@ def meanflow_loss(net: VelocityNetwork, loss: LossConfig, obs: torch.Tensor,
         dudt = torch.cat([dudt, dudt.new_zeros(batch - m, *dudt.shape[1:])])
     loss_fn = ops.unchecked("meanflow_target_loss", dev, net._op_backend())
     rows, raw = loss_fn(u, dudt, v_g, t, r, loss.norm_p, loss.norm_eps)
-    if weights is None:
-        total = rows.mean()
-    else:
-        check_tensor("weights", weights, shape=(batch,), dtypes=(dtype,), device=dev)
-        total = (weights * rows.mean(-1)).mean()
+    total = _batch_mean(rows, weights)
     info = {"loss": total.detach(), "mse": raw.mean(), "dropped": dropped.float().mean()}
     return total, info
 
@@ -161,8 +167,5 @@ def flow_matching_loss(net: VelocityNetwork, loss: LossConfig, obs: torch.Tensor
     u = net._run(torch.lerp(x, e, t.unsqueeze(-1)), t, t, obs, cond)[0]
     rows = (u - (e - x)).square().sum(-1).mean(-1)  # [B]
     mse = rows.mean()
-    if weights is None:
-        return mse, {"loss": mse.detach(), "mse": mse.detach()}
-    check_tensor("weights", weights, shape=(batch,), dtypes=(obs.dtype,), device=obs.device)
-    total = (weights * rows).mean()
+    total = mse if weights is None else _batch_mean(rows, weights)
     return total, {"loss": total.detach(), "mse": mse.detach()}
