@@ -287,23 +287,19 @@ def test_docs_temperature_table_is_its_csv() -> None:
 def test_docs_self_distill_paragraph_is_its_csv() -> None:
     """The self-distillation paragraph's per-seed figures are self-distill-noise.csv's, the
     table's beside them sampling-steps.csv's (seeds 0-2), and the csv names the patch."""
-    def seeds(path: Path, ds: str, noise: str) -> str:
-        got = _by_seed(path, ds, noise)
-        return " / ".join(f"{got[s]:.1f}" for s in (0, 1, 2))
-
     new, table = RESULTS / "ablations" / "self-distill-noise.csv", RESULTS / "sampling-steps.csv"
     text = _paragraph("A self-distilled one-step jump")
     for ds, noise, said in ((HMR, "auto", "{} sampled (the table's {})"),
                             (HMR, "zero", "{} from e = 0 ({})"),
                             (HMR, "auto@5", "{} sampled in five steps ({})"),
                             (HM, "auto", "on hopper-3x1-medium {} sampled ({})")):
-        want = said.format(seeds(new, ds, noise), seeds(table, ds, noise))
+        want = said.format(_said(_seeds_012(new, ds, noise)), _said(_seeds_012(table, ds, noise)))
         assert want in text, (want, text)
     patch = (RESULTS / "ablations" / "self-distill.patch").read_text()
     assert "def _distill(" in patch and "distill_share: float = 0.25" in patch
     with open(new, newline="") as f:
         assert {r["commit"] for r in csv.DictReader(f)} == {"92ee2a9+self-distill.patch"}
-    hm = [float(x) for x in seeds(new, HM, "auto").split(" / ")]
+    hm = _seeds_012(new, HM, "auto")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
 
@@ -316,27 +312,19 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
     new, table = RESULTS / "ablations" / "awr-noise.csv", RESULTS / "noise-continuous.csv"
     variant = "vgm2p-w3000-awr"
     cell = {(r[0], r[2]): r[5] for r in _rendered(new)[1] if r[1] == variant}
-
-    def seeds(path: Path, ds: str, noise: str, method: str) -> list[float]:
-        got = _by_seed(path, ds, noise, method)
-        return [round(got[s], 1) for s in (0, 1, 2)]
-
-    def said(values: list[float]) -> str:
-        return " / ".join(f"{v:.1f}" for v in values)
-
     text = _paragraph("Advantage weighting inside VGM²P")
     for ds in (HMR, HM):
-        mine, base = seeds(new, ds, "zero", variant), seeds(table, ds, "zero", "vgm2p")
-        want = f"{said(mine)} ({cell[(ds, 'zero')]}) on {ds} against {said(base)}"
+        mine, base = _seeds_012(new, ds, "zero", variant), _seeds_012(table, ds, "zero", "vgm2p")
+        want = f"{_said(mine)} ({cell[(ds, 'zero')]}) on {ds} against {_said(base)}"
         assert want in text, (want, text)
         assert all(m < b for m, b in zip(mine, base)), (ds, mine, base)
-        mine, base = seeds(new, ds, "auto", variant), seeds(table, ds, "auto", "vgm2p")
+        mine, base = _seeds_012(new, ds, "auto", variant), _seeds_012(table, ds, "auto", "vgm2p")
         assert all(m < b for m, b in zip(mine, base)), (ds, mine, base)
         label = "VGM²P, defaults, rows also weighted exp(A / std A) (awr, clipped at 100)"
         assert _hopper_ablations(ds)[label][0] == cell[(ds, "auto")], ds
     want = (f"sampled, {cell[(HMR, 'auto')]} and {cell[(HM, 'auto')]} against "
-            f"{said(seeds(table, HMR, 'auto', 'vgm2p'))} and "
-            f"{said(seeds(table, HM, 'auto', 'vgm2p'))}")
+            f"{_said(_seeds_012(table, HMR, 'auto', 'vgm2p'))} and "
+            f"{_said(_seeds_012(table, HM, 'auto', 'vgm2p'))}")
     assert want in text, (want, text)
     with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
         final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
@@ -361,7 +349,8 @@ def test_docs_tokens_section_is_its_csv() -> None:
         ds = part.split("\n", 1)[0]
         assert md_table(section.split(f"#### {ds}\n", 1)[1], "group") == md_table(part, "group")
     with open(RESULTS / "tokens.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["dataset"] == HMR]
+        every = list(csv.DictReader(f))
+    rows = [r for r in every if r["dataset"] == HMR]
     best = max(int(r["group"]) for r in rows)
     by_group = defaultdict(list)
     for r in rows:
@@ -393,8 +382,7 @@ def test_docs_tokens_section_is_its_csv() -> None:
             f"{min(others):.1f}-{max(others):.1f})"):
         assert said in text, (said, text)
     # the HalfCheetah contrast, from the same csv, and the table runs it compares with
-    with open(RESULTS / "tokens.csv", newline="") as f:
-        hc = [r for r in csv.DictReader(f) if r["dataset"] == "halfcheetah-2x3-medium-replay"]
+    hc = [r for r in every if r["dataset"] == "halfcheetah-2x3-medium-replay"]
     last = max(int(r["group"]) for r in hc)
 
     def hc_mean(group: int, col: str) -> float:
@@ -426,6 +414,18 @@ def _by_seed(path: Path, dataset: str, noise: str, method: str | None = None
         return {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
                 if (r["dataset"], r["noise"]) == (dataset, noise)
                 and method in (None, r["method"])}
+
+
+def _seeds_012(path: Path, dataset: str, noise: str, method: str | None = None
+               ) -> list[float]:
+    """:func:`_by_seed`'s seeds 0, 1 and 2, rounded to the one decimal the docs quote."""
+    got = _by_seed(path, dataset, noise, method)
+    return [round(got[s], 1) for s in (0, 1, 2)]
+
+
+def _said(values: list[float]) -> str:
+    """Per-seed figures as the docs quote them: ``27.7 / 29.3 / 17.8``."""
+    return " / ".join(f"{v:.1f}" for v in values)
 
 
 def _assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
@@ -494,8 +494,8 @@ def test_docs_ema_paragraph_quotes_its_defaults() -> None:
     """The EMA paragraph's defaults are the table's models from e = 0 (noise-continuous.csv,
     seeds 0-2), and its seed-2 returns are ablations/runs.csv's, EMA against defaults row."""
     text = _paragraph("The EMA rows")
-    base = [" / ".join(f"{_by_seed(RESULTS / 'noise-continuous.csv', ds, 'zero', 'vgm2p')[k]:.1f}"
-                       for k in (0, 1, 2)) for ds in (HMR, HM)]
+    base = [_said(_seeds_012(RESULTS / "noise-continuous.csv", ds, "zero", "vgm2p"))
+            for ds in (HMR, HM)]
     assert f"on the same seeds ({base[0]} and {base[1]})" in text, (base, text)
     with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
         ret = {r["variant"]: float(r["eval_return_mean"]) for r in csv.DictReader(f)

@@ -62,7 +62,7 @@ def groups_of(path: str) -> tuple[list[dict], torch.Tensor]:
         if abs(got - want) > 1e-3 * max(1.0, abs(want)):
             raise ValueError(f"--datasets: {path}'s episodes are not in its groups' order "
                              f"(group {k}: mean return {got:.3f}, card {want:.3f})")
-    for k, g in enumerate(groups):   # a label, or what sets the group apart (sigma=0.1)
+        # a label, or what sets the group apart (sigma=0.1)
         g.setdefault("label", " ".join(f"{key}={v}" for key, v in g.items()
                                        if key not in ("episodes", "returns")) or f"group {k}")
     return groups, episode_group[ds.episode_ids.cpu()]
