@@ -1,8 +1,11 @@
-"""Shared by the results tests (``test_results_scripts.py``, ``test_results_docs.py``): the
-folders, a results script run as a subprocess, and a markdown table parsed into cells."""
+"""Shared by the results tests (``test_results_scripts.py``, ``test_results_docs.py``,
+``test_results_docs_ablations.py``): the folders, a results script run as a subprocess, a
+markdown table parsed into cells, and the readers of the committed csvs and docs paragraphs
+that the docs tests quote."""
 
 from __future__ import annotations
 
+import csv
 import itertools
 import subprocess
 import sys
@@ -10,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+HM, HMR = "hopper-3x1-medium", "hopper-3x1-medium-replay"
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -25,3 +29,69 @@ def md_table(text: str, first: str) -> tuple[list[str], list[list[str]]]:
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")]
              for ln in itertools.takewhile(lambda ln: ln.startswith("|"), lines[i:])]
     return cells[0], cells[2:]
+
+
+def rendered(csv_path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``reevaluate.py --render --csv csv_path`` (which must succeed)."""
+    res = run_script("reevaluate.py", "--render", "--csv", str(csv_path))
+    assert res.returncode == 0, res.stderr
+    return md_table(res.stdout, "dataset")
+
+
+def hopper_ablations(dataset: str = HM) -> dict[str, tuple[str, str, str]]:
+    """ABLATIONS.md's section of ``dataset``: variant label -> (mean ± 2σ, seed count, mean
+    learning curve)."""
+    ablations = (RESULTS / "ablations" / "ABLATIONS.md").read_text()
+    head, rows = md_table(ablations.split(f"## {dataset} (", 1)[1], "variant")
+    col, seeds = head.index("normalised (mean ± 2σ, sd)"), head.index("seeds")
+    curve = next(i for i, h in enumerate(head) if h.startswith("curve"))
+    return {r[0]: (r[col].split(" (sd")[0], r[seeds], r[curve]) for r in rows}
+
+
+def by_seed(path: Path, dataset: str, noise: str, method: str | None = None
+            ) -> dict[int, float]:
+    """Seed -> normalised return of the reevaluate.py csv ``path``'s rows of one dataset and
+    noise setting (and of one method, for a csv of several)."""
+    with open(path, newline="") as f:
+        return {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
+                if (r["dataset"], r["noise"]) == (dataset, noise)
+                and method in (None, r["method"])}
+
+
+def seeds_012(path: Path, dataset: str, noise: str, method: str | None = None
+              ) -> list[float]:
+    """:func:`by_seed`'s seeds 0, 1 and 2, rounded to the one decimal the docs quote."""
+    got = by_seed(path, dataset, noise, method)
+    return [round(got[s], 1) for s in (0, 1, 2)]
+
+
+def seeds_text(values: list[float]) -> str:
+    """Per-seed figures as the docs quote them: ``27.7 / 29.3 / 17.8``."""
+    return " / ".join(f"{v:.1f}" for v in values)
+
+
+def assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
+    """Every row of the reevaluate.py csv ``path`` whose noise is in ``noises`` returns its
+    run's final training evaluation, ``final[key(row)]`` (to 1e-6); how many rows that is."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["noise"] in noises]
+    for r in rows:
+        got, table = float(r["return_mean"]), final[key(r)]
+        assert abs(got - table) < 1e-6 * abs(table), (path.name, key(r), got, table)
+    return len(rows)
+
+
+def assert_reproduces_table(path: Path) -> int:
+    """:func:`assert_reproduces` of ``path``'s sampled (``auto``) rows against the table's
+    runs.csv, keyed by dataset, method and seed."""
+    with open(RESULTS / "runs.csv", newline="") as f:
+        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
+                 for r in csv.DictReader(f)}
+    return assert_reproduces(path, {"auto"}, final,
+                             lambda r: (r["dataset"], r["method"], r["seed"]))
+
+
+def paragraph(opening: str) -> str:
+    """The docs/results.md paragraph that starts with ``opening``, on one line."""
+    docs = (ROOT / "docs" / "results.md").read_text()
+    return " ".join(docs.split(f"\n{opening}", 1)[1].split("\n\n", 1)[0].split())

@@ -2,7 +2,7 @@
 per run; make_table.py turns the csv into RESULTS.md + plots with scores normalised by the
 dataset's references (toy budget); reevaluate.py, ablations.py, fit.py and tokens.py; the
 committed tables re-render from their csv. How the README and docs quote them:
-``test_results_docs.py``."""
+``test_results_docs.py`` and ``test_results_docs_ablations.py``."""
 
 from __future__ import annotations
 
