@@ -340,12 +340,14 @@ def test_docs_tokens_section_is_its_csv() -> None:
     ("The budget at e = 0", {(HMR, "vgm2p-w3000-zero-steps20k"): "VGM²P ends at ",
                              (HMR, "awfm-w3000-zero-steps20k"): "AW flow BC at "}),
     ("The EMA rows", {(HMR, "vgm2p-w3000-zero-ema999"): "VGM²P ends at ",
-                      (HM, "vgm2p-w3000-zero-ema999"): "medium-replay and at "})])
+                      (HM, "vgm2p-w3000-zero-ema999"): "medium-replay and at "}),
+    ("The GAE lambda rows at e = 0", {(HMR, "vgm2p-w3000-zero-lam1"): "VGM²P ends at ",
+                                      (HM, "vgm2p-w3000-zero-lam1"): "medium-replay and at "})])
 def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -> None:
     """docs/results.md's paragraphs on the 20,000-step, the 3 x 512, the time-frequency, the
-    (r, t) sampler, the e = 0 20,000-step and the e = 0 EMA ablations quote, after the words
-    given, every seed's final evaluation of each (dataset, variant) (ablations/runs.csv) and
-    its mean ± 2σ (ABLATIONS.md)."""
+    (r, t) sampler, the e = 0 20,000-step, the e = 0 EMA and the e = 0 GAE lambda 1 ablations
+    quote, after the words given, every seed's final evaluation of each (dataset, variant)
+    (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
     with open(folder / "runs.csv", newline="") as f:
         runs = [r for r in csv.DictReader(f) if (r["dataset"], r["variant"]) in quotes]
@@ -372,6 +374,27 @@ def test_docs_ema_paragraph_quotes_its_defaults() -> None:
     said = (f"Seed 2 returns {ret['vgm2p-w3000-zero-ema999']:.1f} against the defaults' "
             f"{ret['vgm2p-w3000-zero']:.1f} on medium-replay")
     assert said in text, (said, text)
+
+
+def test_docs_lambda_paragraph_is_below_its_defaults() -> None:
+    """The e = 0 GAE lambda 1 paragraph's "below the defaults on the same seeds on both sets"
+    (the mean of seeds 0-2 against noise-continuous.csv's e = 0 defaults) and its seed-2 return
+    on medium-replay beside the EMA's and the defaults' (ablations/runs.csv)."""
+    text = paragraph("The GAE lambda rows at e = 0")
+    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
+        runs = list(csv.DictReader(f))
+    for ds in (HMR, HM):
+        lam = [float(r["eval_normalised"]) for r in runs
+               if (r["dataset"], r["variant"]) == (ds, "vgm2p-w3000-zero-lam1")]
+        base = seeds_012(RESULTS / "noise-continuous.csv", ds, "zero", "vgm2p")
+        assert len(lam) == 3 and sum(lam) < sum(base), (ds, lam, base)
+    assert "below the defaults on the same seeds on both sets" in text, text
+    ret = {r["variant"]: f"{float(r['eval_return_mean']):.1f}" for r in runs
+           if (r["dataset"], r["seed"]) == (HMR, "2")}
+    want = (f"Seed 2 on medium-replay returns {ret['vgm2p-w3000-zero-lam1']}, as with the "
+            f"slower EMA ({ret['vgm2p-w3000-zero-ema999']}) and the defaults "
+            f"({ret['vgm2p-w3000-zero']})")
+    assert want in text, (want, text)
 
 
 def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
