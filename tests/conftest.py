@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# the shared helpers that assert (the *_lab modules) get pytest's detailed assertion messages
+# too, as the tests that call them do; registered before their first import
+pytest.register_assert_rewrite("bad_input_lab", "dataset_lab", "results_lab")
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
