@@ -252,6 +252,46 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
     assert f"seed 0, returned {final[(HMR, 'vgm2p-w3000-zero', '0')]:.3f} again" in text
 
 
+def test_docs_episode_return_paragraph_is_its_csv() -> None:
+    """The episode-return paragraph quotes ablations/episode-return-noise.csv seed by seed (and
+    the top 10 %'s sampled mean ± 2σ of reevaluate.py --render), the defaults beside them are the
+    table's models (noise-continuous.csv, seeds 0-2), every variant is below the defaults from
+    e = 0 on average, and the csv names the committed patch."""
+    new = RESULTS / "ablations" / "episode-return-noise.csv"
+    table = RESULTS / "noise-continuous.csv"
+    text = paragraph("Would a token that does single out the better episodes")
+    variants = ("vgm2p+return-mean", "vgm2p+return-top10", "vgm2p+return-mean-and-A")
+    for noise, said in (("zero", "from e = 0, the mean threshold returns {}, the top 10 % {} and "
+                                 "the conjunction {}, against the defaults' {}"),
+                        ("auto", "sampled, {}, {} and {} against {}")):
+        mine = [seeds_012(new, HMR, noise, v) for v in variants]
+        base = seeds_012(table, HMR, noise, "vgm2p")
+        want = said.format(*map(seeds_text, mine), seeds_text(base))
+        assert want in text, (want, text)
+    for v in variants:      # below the defaults from e = 0, on average
+        assert sum(seeds_012(new, HMR, "zero", v)) < sum(seeds_012(table, HMR, "zero", "vgm2p"))
+    cell = {(r[0], r[1], r[2]): r[5] for r in rendered(new)[1]}
+    base = seeds_012(table, HMR, "auto", "vgm2p")
+    assert (f"sampled ({cell[(HMR, 'vgm2p+return-top10', 'auto')]} against "
+            f"{sum(base) / 3:.1f})") in text
+    top = {n: seeds_012(new, HM, n, "vgm2p+return-top10") for n in ("auto", "zero")}
+    base = {n: seeds_012(table, HM, n, "vgm2p") for n in ("auto", "zero")}
+    want = (f"the top 10 % returns {seeds_text(top['auto'])} sampled and "
+            f"{seeds_text(top['zero'])} from e = 0, against the defaults' "
+            f"{seeds_text(base['auto'])} and {seeds_text(base['zero'])}: below MLP-BC and the data")
+    assert want in text, (want, text)
+    with open(RESULTS / "runs.csv", newline="") as f:
+        hm = [r for r in csv.DictReader(f) if r["dataset"] == HM]
+    mlp = [float(r["eval_normalised"]) for r in hm if r["method"] == "mlp-bc"]
+    lo, hi, ret = (float(hm[0][k]) for k in ("ref_random", "ref_expert", "dataset_return_mean"))
+    data = 100 * (ret - lo) / (hi - lo)
+    assert all(sum(v) / 3 < min(sum(mlp) / len(mlp), data) for v in top.values()), (top, data)
+    with open(new, newline="") as f:
+        assert {r["commit"] for r in csv.DictReader(f)} == {"da169ca+episode-return.patch"}
+    patch = (RESULTS / "ablations" / "episode-return.patch").read_text()
+    assert "VGM2P_EXPERIMENT_TOKEN" in patch and "torch.quantile(ep, 0.9)" in patch
+
+
 def test_docs_tokens_section_is_its_csv() -> None:
     """docs/results.md's tokens tables are tokens.py --render of tokens.csv, and every figure of
     the paragraphs after them is that csv's (shares, masses, the best group's part of the rows
