@@ -31,6 +31,19 @@ def md_table(text: str, first: str) -> tuple[list[str], list[list[str]]]:
     return cells[0], cells[2:]
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """Every row of the csv ``path``, as ``csv.DictReader`` gives it."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def final_returns(path: Path, run: str) -> dict[tuple[str, str, str], float]:
+    """(dataset, the ``run`` column, seed) -> final evaluation return of every row of a runs.csv
+    (the table's: ``run = "method"``; ablations/runs.csv: ``"variant"``)."""
+    return {(r["dataset"], r[run], r["seed"]): float(r["eval_return_mean"])
+            for r in csv_rows(path)}
+
+
 def rendered(csv_path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of ``reevaluate.py --render --csv csv_path`` (which must succeed)."""
     res = run_script("reevaluate.py", "--render", "--csv", str(csv_path))
@@ -52,10 +65,8 @@ def by_seed(path: Path, dataset: str, noise: str, method: str | None = None
             ) -> dict[int, float]:
     """Seed -> normalised return of the reevaluate.py csv ``path``'s rows of one dataset and
     noise setting (and of one method, for a csv of several)."""
-    with open(path, newline="") as f:
-        return {int(r["seed"]): float(r["normalised"]) for r in csv.DictReader(f)
-                if (r["dataset"], r["noise"]) == (dataset, noise)
-                and method in (None, r["method"])}
+    return {int(r["seed"]): float(r["normalised"]) for r in csv_rows(path)
+            if (r["dataset"], r["noise"]) == (dataset, noise) and method in (None, r["method"])}
 
 
 def seeds_012(path: Path, dataset: str, noise: str, method: str | None = None
@@ -73,8 +84,7 @@ def seeds_text(values: list[float]) -> str:
 def assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
     """Every row of the reevaluate.py csv ``path`` whose noise is in ``noises`` returns its
     run's final training evaluation, ``final[key(row)]`` (to 1e-6); how many rows that is."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["noise"] in noises]
+    rows = [r for r in csv_rows(path) if r["noise"] in noises]
     for r in rows:
         got, table = float(r["return_mean"]), final[key(r)]
         assert abs(got - table) < 1e-6 * abs(table), (path.name, key(r), got, table)
@@ -84,10 +94,7 @@ def assert_reproduces(path: Path, noises: set[str], final: dict, key) -> int:
 def assert_reproduces_table(path: Path) -> int:
     """:func:`assert_reproduces` of ``path``'s sampled (``auto``) rows against the table's
     runs.csv, keyed by dataset, method and seed."""
-    with open(RESULTS / "runs.csv", newline="") as f:
-        final = {(r["dataset"], r["method"], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)}
-    return assert_reproduces(path, {"auto"}, final,
+    return assert_reproduces(path, {"auto"}, final_returns(RESULTS / "runs.csv", "method"),
                              lambda r: (r["dataset"], r["method"], r["seed"]))
 
 

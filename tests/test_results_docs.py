@@ -6,12 +6,11 @@ until the prose follows. The ablation and acting paragraphs are in
 
 from __future__ import annotations
 
-import csv
 import re
 import sys
 
 import pytest
-from results_lab import RESULTS, ROOT, md_table, rendered, run_script
+from results_lab import RESULTS, ROOT, csv_rows, md_table, rendered, run_script
 
 pytest.importorskip("gymnasium_robotics", reason="needs the envs extra: pip install -e '.[envs]'")
 pytest.importorskip("matplotlib")
@@ -141,8 +140,7 @@ def test_docs_and_readme_guidance_sweep_is_the_committed_table() -> None:
             assert round(r) not in (-10, 10) or f"{d}'s {round(r):+d} % is {r:+.1f} %" in flat \
                 or f"its {round(r):+d} % is {r:+.1f} %" in flat, (d, w, r)
     # the SMAX points on 100 episodes (reevaluate.csv), in the docs and the README
-    with open(RESULTS / "reevaluate.csv", newline="") as f:
-        evals = list(csv.DictReader(f))
+    evals = csv_rows(RESULTS / "reevaluate.csv")
     scale_of = {"vgm2p-g1.5": 1.5, "vgm2p": 2.0, "vgm2p-g3": 3.0, "vgm2p-g4": 4.0}
     for dataset in ("smax-3m-medium", "smax-2s3z-medium"):
         pts = {w: [float(r["normalised"]) for r in evals
@@ -221,11 +219,10 @@ def test_docs_continuous_noise_verdicts_are_make_tables() -> None:
 
     rows, _, methods = collect(RESULTS / "runs.csv")
     zero: dict[tuple[str, str], dict[int, float]] = {}
-    with open(RESULTS / "noise-continuous.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r["noise"] == "zero":
-                zero.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = \
-                    float(r["return_mean"])
+    for r in csv_rows(RESULTS / "noise-continuous.csv"):
+        if r["noise"] == "zero":
+            zero.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = \
+                float(r["return_mean"])
     replaced = set()
     for row in rows:
         for m in methods:

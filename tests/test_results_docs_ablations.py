@@ -6,7 +6,6 @@ follows."""
 
 from __future__ import annotations
 
-import csv
 import re
 import sys
 from collections import defaultdict
@@ -20,6 +19,8 @@ from results_lab import (
     assert_reproduces,
     assert_reproduces_table,
     by_seed,
+    csv_rows,
+    final_returns,
     hopper_ablations,
     md_table,
     paragraph,
@@ -97,9 +98,7 @@ def test_docs_sampler_paragraph_quotes_its_noise_csv() -> None:
     assert len(table_zero) == 3
     assert (f"and {cell[(HM, r75, 'zero')]} on hopper-3x1-medium (the defaults: "
             f"{sum(table_zero) / 3:.1f})") in text, text
-    with open(folder / "runs.csv", newline="") as f:
-        final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)}
+    final = final_returns(folder / "runs.csv", "variant")
     assert assert_reproduces(folder / "sampler-noise.csv", {"auto"}, final,
                               lambda r: (r["dataset"], r["method"], r["seed"])) == 15
 
@@ -163,13 +162,12 @@ def test_docs_temperature_table_is_its_csv() -> None:
         assert evals[(ds, "awfm", noise)] == (aw, seeds), (ds, t, aw)
     key = lambda r: (r["dataset"], r["method"], r["seed"])  # noqa: E731
     assert assert_reproduces_table(path) == 20
-    with open(RESULTS / "noise-continuous.csv", newline="") as f:
-        zero = {key(r): float(r["return_mean"]) for r in csv.DictReader(f) if r["noise"] == "zero"}
+    zero = {key(r): float(r["return_mean"]) for r in csv_rows(RESULTS / "noise-continuous.csv")
+            if r["noise"] == "zero"}
     assert assert_reproduces(path, {"zero"}, zero, key) == 20
 
-    with open(RESULTS / "runs.csv", newline="") as f:
-        mlp = [float(r["eval_normalised"]) for r in csv.DictReader(f)
-               if (r["dataset"], r["method"]) == (HM, "mlp-bc")]
+    mlp = [float(r["eval_normalised"]) for r in csv_rows(RESULTS / "runs.csv")
+           if (r["dataset"], r["method"]) == (HM, "mlp-bc")]
     bar = sum(mlp) / len(mlp)
 
     def mean(ds: str, method: str, noise: str) -> float:
@@ -215,8 +213,7 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
         assert want in text, (want, text)
     patch = (RESULTS / "ablations" / "self-distill.patch").read_text()
     assert "def _distill(" in patch and "distill_share: float = 0.25" in patch
-    with open(new, newline="") as f:
-        assert {r["commit"] for r in csv.DictReader(f)} == {"92ee2a9+self-distill.patch"}
+    assert {r["commit"] for r in csv_rows(new)} == {"92ee2a9+self-distill.patch"}
     hm = seeds_012(new, HM, "auto")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
@@ -244,9 +241,7 @@ def test_docs_awr_paragraph_is_its_csv() -> None:
             f"{seeds_text(seeds_012(table, HMR, 'auto', 'vgm2p'))} and "
             f"{seeds_text(seeds_012(table, HM, 'auto', 'vgm2p'))}")
     assert want in text, (want, text)
-    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
-        final = {(r["dataset"], r["variant"], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)}
+    final = final_returns(RESULTS / "ablations" / "runs.csv", "variant")
     assert assert_reproduces(new, {"auto"}, final,
                               lambda r: (r["dataset"], r["method"], r["seed"])) == 6
     assert f"seed 0, returned {final[(HMR, 'vgm2p-w3000-zero', '0')]:.3f} again" in text
@@ -280,14 +275,12 @@ def test_docs_episode_return_paragraph_is_its_csv() -> None:
             f"{seeds_text(top['zero'])} from e = 0, against the defaults' "
             f"{seeds_text(base['auto'])} and {seeds_text(base['zero'])}: below MLP-BC and the data")
     assert want in text, (want, text)
-    with open(RESULTS / "runs.csv", newline="") as f:
-        hm = [r for r in csv.DictReader(f) if r["dataset"] == HM]
+    hm = [r for r in csv_rows(RESULTS / "runs.csv") if r["dataset"] == HM]
     mlp = [float(r["eval_normalised"]) for r in hm if r["method"] == "mlp-bc"]
     lo, hi, ret = (float(hm[0][k]) for k in ("ref_random", "ref_expert", "dataset_return_mean"))
     data = 100 * (ret - lo) / (hi - lo)
     assert all(sum(v) / 3 < min(sum(mlp) / len(mlp), data) for v in top.values()), (top, data)
-    with open(new, newline="") as f:
-        assert {r["commit"] for r in csv.DictReader(f)} == {"da169ca+episode-return.patch"}
+    assert {r["commit"] for r in csv_rows(new)} == {"da169ca+episode-return.patch"}
     patch = (RESULTS / "ablations" / "episode-return.patch").read_text()
     assert "VGM2P_EXPERIMENT_TOKEN" in patch and "torch.quantile(ep, 0.9)" in patch
 
@@ -306,8 +299,7 @@ def test_docs_tokens_section_is_its_csv() -> None:
     for part in shown:   # one table per dataset, under its name
         ds = part.split("\n", 1)[0]
         assert md_table(section.split(f"#### {ds}\n", 1)[1], "group") == md_table(part, "group")
-    with open(RESULTS / "tokens.csv", newline="") as f:
-        every = list(csv.DictReader(f))
+    every = csv_rows(RESULTS / "tokens.csv")
     rows = [r for r in every if r["dataset"] == HMR]
     best = max(int(r["group"]) for r in rows)
     by_group = defaultdict(list)
@@ -358,9 +350,8 @@ def test_docs_tokens_section_is_its_csv() -> None:
             f"Hopper's best checkpoint gets {100 * mean('vgm2p', best, 'mass'):.0f} % from "
             f"{100 * rows_of[best] / sum(rows_of.values()):.0f} % of the rows"):
         assert said in text, (said, text)
-    with open(RESULTS / "runs.csv", newline="") as f:
-        aw = {r["seed"]: float(r["eval_return_mean"]) for r in csv.DictReader(f)
-              if (r["dataset"], r["method"]) == ("halfcheetah-2x3-medium-replay", "awfm")}
+    aw = {r["seed"]: float(r["eval_return_mean"]) for r in csv_rows(RESULTS / "runs.csv")
+          if (r["dataset"], r["method"]) == ("halfcheetah-2x3-medium-replay", "awfm")}
     assert f"against {aw['3']:.1f} and {aw['4']:.1f};" in paragraph("Why is VGM²P's mode")
 
 
@@ -389,8 +380,7 @@ def test_docs_ablation_paragraphs_quote_their_runs(opening: str, quotes: dict) -
     quote, after the words given, every seed's final evaluation of each (dataset, variant)
     (ablations/runs.csv) and its mean ± 2σ (ABLATIONS.md)."""
     folder = RESULTS / "ablations"
-    with open(folder / "runs.csv", newline="") as f:
-        runs = [r for r in csv.DictReader(f) if (r["dataset"], r["variant"]) in quotes]
+    runs = [r for r in csv_rows(folder / "runs.csv") if (r["dataset"], r["variant"]) in quotes]
     text = paragraph(opening)
     for (dataset, variant), words in quotes.items():
         mine = sorted((int(r["seed"]), r) for r in runs
@@ -408,9 +398,9 @@ def test_docs_ema_paragraph_quotes_its_defaults() -> None:
     base = [seeds_text(seeds_012(RESULTS / "noise-continuous.csv", ds, "zero", "vgm2p"))
             for ds in (HMR, HM)]
     assert f"on the same seeds ({base[0]} and {base[1]})" in text, (base, text)
-    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
-        ret = {r["variant"]: float(r["eval_return_mean"]) for r in csv.DictReader(f)
-               if (r["dataset"], r["seed"]) == (HMR, "2")}
+    ret = {r["variant"]: float(r["eval_return_mean"])
+           for r in csv_rows(RESULTS / "ablations" / "runs.csv")
+           if (r["dataset"], r["seed"]) == (HMR, "2")}
     said = (f"Seed 2 returns {ret['vgm2p-w3000-zero-ema999']:.1f} against the defaults' "
             f"{ret['vgm2p-w3000-zero']:.1f} on medium-replay")
     assert said in text, (said, text)
@@ -420,8 +410,7 @@ def test_docs_lambda_paragraph_is_below_its_defaults() -> None:
     """The e = 0 GAE lambda 1 paragraph's "below the defaults on the same seeds on both sets":
     the mean of its seeds 0-2 (ablations/runs.csv) against noise-continuous.csv's e = 0
     defaults."""
-    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
-        runs = list(csv.DictReader(f))
+    runs = csv_rows(RESULTS / "ablations" / "runs.csv")
     for ds in (HMR, HM):
         lam = [float(r["eval_normalised"]) for r in runs
                if (r["dataset"], r["variant"]) == (ds, "vgm2p-w3000-zero-lam1")]
@@ -440,10 +429,9 @@ def test_docs_budget_paragraph_quotes_its_noise_csv() -> None:
     zero = next(r[5] for r in rows if r[1:4] == ["vgm2p", "zero", "3"])
     text = paragraph("The budget rows")
     assert f"models return {zero} on the same episodes" in text, (text, zero)
-    with open(folder / "runs.csv", newline="") as f:
-        final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
-                 for r in csv.DictReader(f)
-                 if r["dataset"] == HM and r["variant"].endswith("-steps20k")}
+    final = {(r["variant"].split("-")[0], r["seed"]): float(r["eval_return_mean"])
+             for r in csv_rows(folder / "runs.csv")
+             if r["dataset"] == HM and r["variant"].endswith("-steps20k")}
     checked = assert_reproduces(folder / "steps20k-noise.csv", {"auto", "none"}, final,
                                  lambda r: (r["method"].removesuffix("-bc"), r["seed"]))
     assert checked == 6 and len(final) == 6, (checked, final)
@@ -459,8 +447,8 @@ def test_docs_budget_at_zero_noise_paragraph_quotes_its_baselines() -> None:
     assert f"the same seeds gave {means[0]:.1f} and {means[1]:.1f}." in text, (means, text)
     curve = hopper_ablations(HMR)["VGM²P, defaults, evaluation noise e = 0"][2]
     assert f"at 10,000 steps ({curve})" in text, (curve, text)
-    with open(RESULTS / "ablations" / "runs.csv", newline="") as f:
-        runs = {(r["variant"], r["seed"]): r for r in csv.DictReader(f) if r["dataset"] == HMR}
+    runs = {(r["variant"], r["seed"]): r for r in csv_rows(RESULTS / "ablations" / "runs.csv")
+            if r["dataset"] == HMR}
     s1 = dict(p.split(":") for p in runs["vgm2p-w3000-zero-steps20k", "1"]["eval_curve"].split())
     assert (f"seed 1: {float(s1['12000']):.1f} at 12,000 steps, {float(s1['20000']):.1f} at "
             f"20,000") in text, (s1, text)
