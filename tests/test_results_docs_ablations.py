@@ -275,10 +275,13 @@ def test_docs_episode_return_paragraph_is_its_csv() -> None:
             f"{seeds_text(top['zero'])} from e = 0, against the defaults' "
             f"{seeds_text(base['auto'])} and {seeds_text(base['zero'])}: below MLP-BC and the data")
     assert want in text, (want, text)
+    sys.path.insert(0, str(RESULTS))
+    from make_table import normalise
+
     hm = [r for r in csv_rows(RESULTS / "runs.csv") if r["dataset"] == HM]
     mlp = [float(r["eval_normalised"]) for r in hm if r["method"] == "mlp-bc"]
-    lo, hi, ret = (float(hm[0][k]) for k in ("ref_random", "ref_expert", "dataset_return_mean"))
-    data = 100 * (ret - lo) / (hi - lo)
+    refs = {"random": float(hm[0]["ref_random"]), "expert": float(hm[0]["ref_expert"])}
+    data = float(normalise(float(hm[0]["dataset_return_mean"]), refs))
     assert all(sum(v) / 3 < min(sum(mlp) / len(mlp), data) for v in top.values()), (top, data)
     assert {r["commit"] for r in csv_rows(new)} == {"da169ca+episode-return.patch"}
     patch = (RESULTS / "ablations" / "episode-return.patch").read_text()
