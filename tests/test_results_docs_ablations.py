@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from results_lab import (
@@ -217,6 +218,29 @@ def test_docs_self_distill_paragraph_is_its_csv() -> None:
     hm = seeds_012(new, HM, "auto")
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert f"a self-distilled one-step jump {sum(hm) / 3:.1f} and" in readme
+
+
+def test_docs_cosine_sentence_is_its_csv() -> None:
+    """The cosine-decay sentence quotes ablations/lr-cosine.csv seed by seed and the table's
+    runs.csv beside it (seeds 0-2), both methods are below the table on average, and the csv
+    names the committed patch."""
+    new, table = RESULTS / "ablations" / "lr-cosine.csv", RESULTS / "runs.csv"
+
+    def seeds(path: Path, method: str) -> list[float]:
+        got = {int(r["seed"]): float(r["eval_normalised"]) for r in csv_rows(path)
+               if r["dataset"] == HM and r["method"] == method}
+        return [round(got[s], 1) for s in (0, 1, 2)]
+
+    mine = {m: seeds(new, f"{m}+lr-cosine") for m in ("vgm2p", "mlp-bc")}
+    base = {m: seeds(table, m) for m in ("vgm2p", "mlp-bc")}
+    want = (f"returned {seeds_text(mine['vgm2p'])} for VGM²P and {seeds_text(mine['mlp-bc'])} "
+            f"for MLP-BC on seeds 0-2, against the table's {seeds_text(base['vgm2p'])} and "
+            f"{seeds_text(base['mlp-bc'])}: lower for both, on average")
+    assert want in paragraph("Two more things were tried as patches"), want
+    assert all(sum(mine[m]) < sum(base[m]) for m in mine), (mine, base)
+    assert {r["commit"] for r in csv_rows(new)} == {"d252ae2+lr-cosine.patch"}
+    patch = (RESULTS / "ablations" / "lr-cosine.patch").read_text()
+    assert 'VGM2P_EXPERIMENT_LR") == "cosine"' in patch and "math.cos(math.pi * frac)" in patch
 
 
 def test_docs_awr_paragraph_is_its_csv() -> None:
