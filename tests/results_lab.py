@@ -9,6 +9,7 @@ import csv
 import itertools
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +103,31 @@ def paragraph(opening: str) -> str:
     """The docs/results.md paragraph that starts with ``opening``, on one line."""
     docs = (ROOT / "docs" / "results.md").read_text()
     return " ".join(docs.split(f"\n{opening}", 1)[1].split("\n\n", 1)[0].split())
+
+
+def rows_at_zero_noise(where: Callable[[str], bool]) -> tuple[list[dict], list[str], set]:
+    """``make_table.collect``'s rows and methods of the table's runs.csv, with each cell of the
+    datasets ``where`` accepts that noise-continuous.csv evaluated at e = 0 (the MaMuJoCo flow
+    policies) replaced by those e = 0 returns, seed for seed; and the (dataset, method) pairs
+    replaced."""
+    sys.path.insert(0, str(RESULTS))
+    from make_table import collect, normalise
+
+    rows, _, methods = collect(RESULTS / "runs.csv")
+    zero: dict[tuple[str, str], dict[int, float]] = {}
+    for r in csv_rows(RESULTS / "noise-continuous.csv"):
+        if r["noise"] == "zero":
+            zero.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = \
+                float(r["return_mean"])
+    seeds: dict[tuple[str, str], set[int]] = {}
+    for r in csv_rows(RESULTS / "runs.csv"):
+        seeds.setdefault((r["dataset"], r["method"]), set()).add(int(r["seed"]))
+    replaced = set()
+    for row in (r for r in rows if where(r["dataset"])):
+        for m in methods:
+            if (row["dataset"], m) in zero:
+                by_seed = zero[(row["dataset"], m)]
+                assert set(by_seed) == seeds[(row["dataset"], m)], (row["dataset"], m)
+                row[m] = normalise([by_seed[s] for s in sorted(by_seed)], row["refs"])
+                replaced.add((row["dataset"], m))
+    return rows, methods, replaced

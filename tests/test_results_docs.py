@@ -9,9 +9,18 @@ from __future__ import annotations
 import re
 import sys
 
-import numpy as np
 import pytest
-from results_lab import RESULTS, ROOT, csv_rows, md_table, paragraph, rendered, run_script
+from results_lab import (
+    HM,
+    RESULTS,
+    ROOT,
+    csv_rows,
+    md_table,
+    paragraph,
+    rendered,
+    rows_at_zero_noise,
+    run_script,
+)
 
 pytest.importorskip("gymnasium_robotics", reason="needs the envs extra: pip install -e '.[envs]'")
 pytest.importorskip("matplotlib")
@@ -216,21 +225,9 @@ def test_docs_continuous_noise_verdicts_are_make_tables() -> None:
     every flow method's MaMuJoCo cells replaced by its e = 0 evaluations in noise-continuous.csv
     (SMAX is evaluated at e = 0 already; MLP-BC is deterministic)."""
     sys.path.insert(0, str(RESULTS))
-    from make_table import SUFFIXES, Seeds, collect, normalise, render
+    from make_table import SUFFIXES, Seeds, render
 
-    rows, _, methods = collect(RESULTS / "runs.csv")
-    zero: dict[tuple[str, str], dict[int, float]] = {}
-    for r in csv_rows(RESULTS / "noise-continuous.csv"):
-        if r["noise"] == "zero":
-            zero.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = \
-                float(r["return_mean"])
-    replaced = set()
-    for row in rows:
-        for m in methods:
-            if (row["dataset"], m) in zero:
-                by_seed = zero[(row["dataset"], m)]
-                row[m] = normalise([by_seed[s] for s in sorted(by_seed)], row["refs"])
-                replaced.add((row["dataset"], m))
+    rows, methods, replaced = rows_at_zero_noise(lambda dataset: True)
     # every flow cell of the six MaMuJoCo medium / medium-replay rows is at e = 0
     mamujoco = {r["dataset"] for r in rows if r["dataset"].startswith(("hopper", "halfcheetah"))
                 and r["dataset"].endswith(SUFFIXES)}
@@ -257,36 +254,27 @@ def test_docs_acting_rule_by_the_datas_make_up_passes_what_it_says() -> None:
     table misses hopper-3x1-medium's MLP-BC target), and the figures it quotes are that csv's
     e = 0 cells and the table's MLP-BC cell."""
     sys.path.insert(0, str(RESULTS))
-    from make_table import Seeds, collect, stats, verdicts
+    from make_table import SUFFIXES, Seeds, collect, stats, verdicts
 
-    rows, _, methods = collect(RESULTS / "runs.csv")
-    zero: dict[tuple[str, str], dict[int, float]] = {}
-    for r in csv_rows(RESULTS / "noise-continuous.csv"):
-        if r["noise"] == "zero":
-            zero.setdefault((r["dataset"], r["method"]), {})[int(r["seed"])] = float(
-                r["normalised"])
-    runs = {(r["dataset"], r["method"], int(r["seed"])) for r in csv_rows(RESULTS / "runs.csv")}
-    mujoco = [r for r in rows if r["dataset"].split("-")[0] in ("hopper", "halfcheetah")
-              and r["dataset"].rsplit("-", 1)[-1] in ("medium", "replay")]
-    assert len(mujoco) == 6, [r["dataset"] for r in mujoco]
-    before = {r["dataset"]: verdicts(r, Seeds(None), methods) for r in mujoco}
-    assert before["hopper-3x1-medium"]["≥ MLP-BC"] == "**no**"
-    for row in (r for r in mujoco if not r["dataset"].endswith("replay")):
-        for m in ("vgm2p", "meanflow-bc", "fm-bc", "awfm"):
-            by_seed = zero[(row["dataset"], m)]
-            assert {s for d, mm, s in runs if (d, mm) == (row["dataset"], m)} == set(by_seed)
-            row[m] = np.array([by_seed[s] for s in sorted(by_seed)])
+    def mamujoco(dataset: str) -> bool:
+        return dataset.startswith(("hopper", "halfcheetah")) and dataset.endswith(SUFFIXES)
+
+    table, _, methods = collect(RESULTS / "runs.csv")
+    before = verdicts(next(r for r in table if r["dataset"] == HM), Seeds(None), methods)
+    assert before["≥ MLP-BC"] == "**no**", before
+    rows, methods, replaced = rows_at_zero_noise(
+        lambda dataset: mamujoco(dataset) and not dataset.endswith("replay"))
+    mujoco = [r for r in rows if mamujoco(r["dataset"])]
+    assert len(mujoco) == 6 and len(replaced) == 3 * 4, sorted(replaced)
     for row in mujoco:
         got = verdicts(row, Seeds(None), methods)
         assert all(v.startswith("yes") for v in got.values()), (row["dataset"], got)
     text = paragraph("One acting rule would pass every MaMuJoCo cell")
     cells = {(r[0], r[1], r[2]): r[5] for r in rendered(RESULTS / "noise-continuous.csv")[1]}
-    hm = next(r for r in mujoco if r["dataset"] == "hopper-3x1-medium")
-    m, _, se = stats(hm["mlp-bc"])
-    z = lambda d, m: cells[(d, m, "zero")]  # noqa: E731
-    for want in (f"hopper-3x1-medium {z('hopper-3x1-medium', 'vgm2p')} against MLP-BC's "
-                 f"{m:.1f} ± {2 * se:.1f} and MeanFlow-BC's "
-                 f"{z('hopper-3x1-medium', 'meanflow-bc')}",
-                 *(f"{d} {z(d, 'vgm2p')} against AW flow BC's {z(d, 'awfm')}"
+    m, _, se = stats(next(r for r in mujoco if r["dataset"] == HM)["mlp-bc"])
+    for want in (f"{HM} {cells[(HM, 'vgm2p', 'zero')]} against MLP-BC's {m:.1f} ± "
+                 f"{2 * se:.1f} and MeanFlow-BC's {cells[(HM, 'meanflow-bc', 'zero')]}",
+                 *(f"{d} {cells[(d, 'vgm2p', 'zero')]} against AW flow BC's "
+                   f"{cells[(d, 'awfm', 'zero')]}"
                    for d in ("halfcheetah-2x3-medium", "halfcheetah-6x1-medium"))):
         assert want in text, (want, text)
