@@ -278,3 +278,41 @@ def test_docs_acting_rule_by_the_datas_make_up_passes_what_it_says() -> None:
                    f"{cells[(d, 'awfm', 'zero')]}"
                    for d in ("halfcheetah-2x3-medium", "halfcheetah-6x1-medium"))):
         assert want in text, (want, text)
+
+
+def test_docs_ten_seed_replay_numbers_are_their_tables() -> None:
+    """The 10-seed hopper-3x1-medium-replay paragraph quotes hopper-replay-10-seeds/RESULTS.md
+    (sampled cells, every target met, the margin to the best baseline), reevaluate.py --render of
+    its noise.csv (seeds 5-9 from e = 0, and their range) and the 10-seed e = 0 figures of that
+    csv with noise-continuous.csv's seeds 0-4, VGM²P more than 10 % below AW flow BC."""
+    sys.path.insert(0, str(RESULTS))
+    from make_table import stats
+
+    text = paragraph("The table's verdicts on hopper-3x1-medium-replay rest on bands")
+    folder = RESULTS / "hopper-replay-10-seeds"
+    results = (folder / "RESULTS.md").read_text()
+    head, rows = md_table(results, "dataset")
+    cell = {h: c.split(" (sd")[0] for h, c in zip(head, rows[0])}
+    assert (f"over 10 seeds VGM²P returns {cell['VGM²P']}, AW flow BC {cell['AW flow BC']}, "
+            f"MLP-BC {cell['MLP-BC']} and MeanFlow-BC {cell['MeanFlow-BC']}") in text, cell
+    t_head, t_rows = md_table(results.split("## Targets", 1)[1], "dataset")
+    assert all(c.startswith("yes") for c in t_rows[0][1:]), t_rows
+    margin = re.search(r"\((-?\d+\.\d)\)", t_rows[0][t_head.index("≤ 10% below best")])
+    assert f"(VGM²P {-float(margin[1]):.1f} below the best baseline)" in text, t_rows
+    cells = {(r[1], r[2]): r[5] for r in rendered(folder / "noise.csv")[1]}
+    late = [float(r["normalised"]) for r in csv_rows(folder / "noise.csv")
+            if (r["method"], r["noise"]) == ("vgm2p", "zero")]
+    assert (f"VGM²P's seeds 5-9 return {cells[('vgm2p', 'zero')]} ({min(late):.1f} to "
+            f"{max(late):.1f}) and AW flow BC's {cells[('awfm', 'zero')]}") in text
+    ten = {}
+    for m in ("vgm2p", "awfm"):
+        got = {int(r["seed"]): float(r["normalised"])
+               for path in (RESULTS / "noise-continuous.csv", folder / "noise.csv")
+               for r in csv_rows(path) if (r["dataset"], r["method"], r["noise"]) ==
+               ("hopper-3x1-medium-replay", m, "zero")}
+        assert sorted(got) == list(range(10)), (m, sorted(got))
+        ten[m] = stats(list(got.values()))
+    (vm, _, vse), (am, _, ase) = ten["vgm2p"], ten["awfm"]
+    assert vm < 0.9 * am, ten
+    assert (f"over 10 seeds VGM²P's {vm:.1f} ± {2 * vse:.1f} is more than 10 % below AW flow "
+            f"BC's {am:.1f} ± {2 * ase:.1f} (the limit: {0.9 * am:.1f})") in text, ten
