@@ -14,7 +14,9 @@ from results_lab import (
     HM,
     RESULTS,
     ROOT,
+    assert_reproduces,
     csv_rows,
+    final_returns,
     md_table,
     paragraph,
     rendered,
@@ -302,6 +304,9 @@ def test_docs_ten_seed_replay_numbers_are_their_tables() -> None:
     assert all(c.startswith("yes") for c in t_rows[0][1:]), t_rows
     margin = re.search(r"\((-?\d+\.\d)\)", t_rows[0][t_head.index("≤ 10% below best")])
     assert f"(VGM²P {-float(margin[1]):.1f} below the best baseline)" in text, t_rows
+    final = final_returns(folder / "runs.csv", "method")   # noise.csv's sampled rows: the runs'
+    assert assert_reproduces(folder / "noise.csv", {"auto"}, final,
+                             lambda r: (r["dataset"], r["method"], r["seed"])) == 10
     cells = {(r[1], r[2]): r[5] for r in rendered(folder / "noise.csv")[1]}
     late = [float(r["normalised"]) for r in csv_rows(folder / "noise.csv")
             if (r["method"], r["noise"]) == ("vgm2p", "zero")]
