@@ -12,9 +12,11 @@ import sys
 import pytest
 from results_lab import (
     HM,
+    HMR,
     RESULTS,
     ROOT,
     assert_reproduces,
+    by_seed,
     csv_rows,
     final_returns,
     md_table,
@@ -308,16 +310,13 @@ def test_docs_ten_seed_replay_numbers_are_their_tables() -> None:
     assert assert_reproduces(folder / "noise.csv", {"auto"}, final,
                              lambda r: (r["dataset"], r["method"], r["seed"])) == 10
     cells = {(r[1], r[2]): r[5] for r in rendered(folder / "noise.csv")[1]}
-    late = [float(r["normalised"]) for r in csv_rows(folder / "noise.csv")
-            if (r["method"], r["noise"]) == ("vgm2p", "zero")]
+    late = by_seed(folder / "noise.csv", HMR, "zero", "vgm2p").values()
     assert (f"VGM²P's seeds 5-9 return {cells[('vgm2p', 'zero')]} ({min(late):.1f} to "
             f"{max(late):.1f}) and AW flow BC's {cells[('awfm', 'zero')]}") in text
     ten = {}
     for m in ("vgm2p", "awfm"):
-        got = {int(r["seed"]): float(r["normalised"])
-               for path in (RESULTS / "noise-continuous.csv", folder / "noise.csv")
-               for r in csv_rows(path) if (r["dataset"], r["method"], r["noise"]) ==
-               ("hopper-3x1-medium-replay", m, "zero")}
+        got = {**by_seed(RESULTS / "noise-continuous.csv", HMR, "zero", m),
+               **by_seed(folder / "noise.csv", HMR, "zero", m)}
         assert sorted(got) == list(range(10)), (m, sorted(got))
         ten[m] = stats(list(got.values()))
     (vm, _, vse), (am, _, ase) = ten["vgm2p"], ten["awfm"]
