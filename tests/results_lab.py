@@ -77,6 +77,14 @@ def seeds_012(path: Path, dataset: str, noise: str, method: str | None = None
     return [round(got[s], 1) for s in (0, 1, 2)]
 
 
+def run_seeds_012(path: Path, dataset: str, method: str) -> list[float]:
+    """Seeds 0, 1 and 2 of one dataset and method in the runs.csv ``path``: each run's final
+    normalised return (``eval_normalised``), rounded to the one decimal the docs quote."""
+    got = {int(r["seed"]): float(r["eval_normalised"]) for r in csv_rows(path)
+           if (r["dataset"], r["method"]) == (dataset, method)}
+    return [round(got[s], 1) for s in (0, 1, 2)]
+
+
 def seeds_text(values: list[float]) -> str:
     """Per-seed figures as the docs quote them: ``27.7 / 29.3 / 17.8``."""
     return " / ".join(f"{v:.1f}" for v in values)

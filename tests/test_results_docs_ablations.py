@@ -27,6 +27,7 @@ from results_lab import (
     paragraph,
     rendered,
     run_script,
+    run_seeds_012,
     seeds_012,
     seeds_text,
 )
@@ -225,14 +226,8 @@ def test_docs_cosine_sentence_is_its_csv() -> None:
     runs.csv beside it (seeds 0-2), both methods are below the table on average, and the csv
     names the committed patch."""
     new, table = RESULTS / "ablations" / "lr-cosine.csv", RESULTS / "runs.csv"
-
-    def seeds(path: Path, method: str) -> list[float]:
-        got = {int(r["seed"]): float(r["eval_normalised"]) for r in csv_rows(path)
-               if r["dataset"] == HM and r["method"] == method}
-        return [round(got[s], 1) for s in (0, 1, 2)]
-
-    mine = {m: seeds(new, f"{m}+lr-cosine") for m in ("vgm2p", "mlp-bc")}
-    base = {m: seeds(table, m) for m in ("vgm2p", "mlp-bc")}
+    mine = {m: run_seeds_012(new, HM, f"{m}+lr-cosine") for m in ("vgm2p", "mlp-bc")}
+    base = {m: run_seeds_012(table, HM, m) for m in ("vgm2p", "mlp-bc")}
     want = (f"returned {seeds_text(mine['vgm2p'])} for VGM²P and {seeds_text(mine['mlp-bc'])} "
             f"for MLP-BC on seeds 0-2, against the table's {seeds_text(base['vgm2p'])} and "
             f"{seeds_text(base['mlp-bc'])}: lower for both, on average")
@@ -241,6 +236,56 @@ def test_docs_cosine_sentence_is_its_csv() -> None:
     assert {r["commit"] for r in csv_rows(new)} == {"d252ae2+lr-cosine.patch"}
     patch = (RESULTS / "ablations" / "lr-cosine.patch").read_text()
     assert 'VGM2P_EXPERIMENT_LR") == "cosine"' in patch and "math.cos(math.pi * frac)" in patch
+
+
+def test_docs_four_settings_paragraph_is_its_csv() -> None:
+    """The paragraph on Adam's beta2, ReLU, a network per agent and gradient clipping quotes
+    ablations/more-settings.csv seed by seed against the table's runs.csv (seeds 0-2), each
+    setting is below the defaults on average on hopper-3x1-medium, ReLU's step-2,000 figures
+    are its curve's, and the csv names the committed patch, which gates both experiments on
+    environment variables."""
+    new, table = RESULTS / "ablations" / "more-settings.csv", RESULTS / "runs.csv"
+    text = paragraph("Four settings that no earlier pass had varied")
+    base = run_seeds_012(table, HM, "vgm2p")
+    assert f"against the table's {seeds_text(base)}" in text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for variant, label in (("adam-beta2-0.95", "Adam beta2 0.95"), ("relu", "ReLU"),
+                           ("per-agent", "per-agent networks"),
+                           ("grad-clip-100", "no gradient clipping")):
+        mine = run_seeds_012(new, HM, f"vgm2p+{variant}")
+        assert f"gave {seeds_text(mine)}" in text, (variant, mine)
+        assert sum(mine) < sum(base), (variant, mine, base)
+        runs = [float(r["eval_normalised"]) for r in csv_rows(new)
+                if (r["dataset"], r["method"]) == (HM, f"vgm2p+{variant}")]
+        assert len(runs) == 3 and f"{label} {sum(runs) / 3:.1f}," in readme, (label, runs)
+    hmr = run_seeds_012(new, HMR, "vgm2p+relu")
+    assert (f"on {HMR} it gave {seeds_text(hmr)} against "
+            f"{seeds_text(run_seeds_012(table, HMR, 'vgm2p'))}") in text
+
+    def at_2000(path: Path, method: str) -> list[float]:
+        rows = {int(r["seed"]): r for r in csv_rows(path)
+                if (r["dataset"], r["method"]) == (HM, method)}
+        out = []
+        for s in (0, 1, 2):
+            r = rows[s]
+            ret = float(dict(p.split(":") for p in r["eval_curve"].split())["2000"])
+            lo, hi = float(r["ref_random"]), float(r["ref_expert"])
+            out.append(round(100 * (ret - lo) / (hi - lo), 1))
+        return out
+
+    relu, mlp, silu = (at_2000(new, "vgm2p+relu"), at_2000(table, "mlp-bc"),
+                       at_2000(table, "vgm2p"))
+    want = (f"({seeds_text(relu)}) are close to the MLP cloner's ({seeds_text(mlp)}), where "
+            f"SiLU's are {seeds_text(silu)}")
+    assert want in text, want
+    assert min(relu) > max(silu)
+    assert {r["commit"] for r in csv_rows(new)} == {"0a9ac8f+betas-activation.patch"}
+    unset = final_returns(new, "method")[(HM, "vgm2p+patch-unset", "0")]
+    assert unset == final_returns(table, "method")[(HM, "vgm2p", "0")]
+    assert f"bit for bit, {unset:.2f}, the csv's `vgm2p+patch-unset` row" in text
+    patch = (RESULTS / "ablations" / "betas-activation.patch").read_text()
+    assert 'os.environ.get("VGM2P_EXPERIMENT_ACT", "silu")' in patch
+    assert 'os.environ.get("VGM2P_EXPERIMENT_BETAS", "0.9,0.999")' in patch
 
 
 def test_docs_awr_paragraph_is_its_csv() -> None:
