@@ -77,12 +77,17 @@ def seeds_012(path: Path, dataset: str, noise: str, method: str | None = None
     return [round(got[s], 1) for s in (0, 1, 2)]
 
 
+def run_rows(path: Path, dataset: str, method: str) -> dict[int, dict[str, str]]:
+    """Seed -> row of one dataset and method in the runs.csv ``path``."""
+    return {int(r["seed"]): r for r in csv_rows(path)
+            if (r["dataset"], r["method"]) == (dataset, method)}
+
+
 def run_seeds_012(path: Path, dataset: str, method: str) -> list[float]:
     """Seeds 0, 1 and 2 of one dataset and method in the runs.csv ``path``: each run's final
     normalised return (``eval_normalised``), rounded to the one decimal the docs quote."""
-    got = {int(r["seed"]): float(r["eval_normalised"]) for r in csv_rows(path)
-           if (r["dataset"], r["method"]) == (dataset, method)}
-    return [round(got[s], 1) for s in (0, 1, 2)]
+    got = run_rows(path, dataset, method)
+    return [round(float(got[s]["eval_normalised"]), 1) for s in (0, 1, 2)]
 
 
 def seeds_text(values: list[float]) -> str:

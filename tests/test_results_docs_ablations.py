@@ -26,6 +26,7 @@ from results_lab import (
     md_table,
     paragraph,
     rendered,
+    run_rows,
     run_script,
     run_seeds_012,
     seeds_012,
@@ -255,22 +256,23 @@ def test_docs_four_settings_paragraph_is_its_csv() -> None:
         mine = run_seeds_012(new, HM, f"vgm2p+{variant}")
         assert f"gave {seeds_text(mine)}" in text, (variant, mine)
         assert sum(mine) < sum(base), (variant, mine, base)
-        runs = [float(r["eval_normalised"]) for r in csv_rows(new)
-                if (r["dataset"], r["method"]) == (HM, f"vgm2p+{variant}")]
+        runs = [float(r["eval_normalised"])
+                for r in run_rows(new, HM, f"vgm2p+{variant}").values()]
         assert len(runs) == 3 and f"{label} {sum(runs) / 3:.1f}," in readme, (label, runs)
     hmr, hmr_base = run_seeds_012(new, HMR, "vgm2p+relu"), run_seeds_012(table, HMR, "vgm2p")
     assert f"on {HMR} it gave {seeds_text(hmr)} against {seeds_text(hmr_base)}" in text
     assert all(m < b for m, b in zip(hmr, hmr_base)), (hmr, hmr_base)
 
+    sys.path.insert(0, str(RESULTS))
+    from make_table import normalise
+
     def at_2000(path: Path, method: str) -> list[float]:
-        rows = {int(r["seed"]): r for r in csv_rows(path)
-                if (r["dataset"], r["method"]) == (HM, method)}
-        out = []
+        """Seeds 0-2's normalised step-2,000 evaluation, from each run's ``eval_curve``."""
+        rows, out = run_rows(path, HM, method), []
         for s in (0, 1, 2):
-            r = rows[s]
-            ret = float(dict(e.split(":") for e in r["eval_curve"].split())["2000"])
-            lo, hi = float(r["ref_random"]), float(r["ref_expert"])
-            out.append(round(100 * (ret - lo) / (hi - lo), 1))
+            curve = dict(e.split(":") for e in rows[s]["eval_curve"].split())
+            refs = {k: float(rows[s][f"ref_{k}"]) for k in ("random", "expert")}
+            out.append(round(float(normalise(float(curve["2000"]), refs)), 1))
         return out
 
     relu, mlp, silu = (at_2000(new, "vgm2p+relu"), at_2000(table, "mlp-bc"),
